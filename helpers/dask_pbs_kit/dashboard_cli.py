@@ -1,0 +1,51 @@
+"""python helpers/dashboard_url.py: the dashboard URL (or SSH tunnel) of a running job."""
+from __future__ import annotations
+
+import os
+import sys
+
+from . import args, schedfile
+from .errors import USAGE, KitError
+
+USAGE_TEXT = """usage: dashboard_url.py [SCHEDULER_FILE] [--wait SECONDS] [--tunnel [LOGIN_HOST]] [--local-port PORT]
+
+Print the Dask dashboard URL of the scheduler described by SCHEDULER_FILE
+(default: scheduler.json in the current folder).
+  --wait SECONDS        wait up to SECONDS for the file (a job that is still starting)
+  --tunnel [LOGIN_HOST] print the ssh command that forwards the dashboard to this machine,
+                        through LOGIN_HOST (default: $PBS_O_HOST, else this host's name)
+  --local-port PORT     the port on your laptop (default: the dashboard's port)
+exit status: 0 ok, 2 usage, 3 no file, 4 incomplete JSON, 5 not a scheduler file,
+             6 no dashboard (bokeh missing)"""
+
+OPTIONS = {"--wait": "value", "--tunnel": "optional", "--local-port": "value"}
+
+
+def main(argv=None) -> int:
+    try:
+        opts, operands = args.parse(sys.argv[1:] if argv is None else argv, OPTIONS, USAGE_TEXT)
+        if len(operands) > 1:
+            raise KitError(f"one scheduler file at most\n{USAGE_TEXT}", USAGE)
+        path = operands[0] if operands else "scheduler.json"
+        wait = args.number(opts.get("--wait", "0"), "--wait")
+        local = int(args.number(opts.get("--local-port", "0"), "--local-port"))
+        info = schedfile.load(path, wait)
+        if "--tunnel" in opts:
+            login = opts["--tunnel"] or os.environ.get("PBS_O_HOST") or _hostname()
+            port = local or schedfile.dashboard_port(info)
+            print(schedfile.tunnel_command(info, login, local))
+            print(f"# then open http://localhost:{port}/status")
+        else:
+            print(schedfile.dashboard_url(info))
+        return 0
+    except KitError as exc:
+        stream = sys.stdout if exc.code == 0 else sys.stderr
+        prefix = "" if exc.code == 0 else "dashboard_url: "
+        print(f"{prefix}{exc}", file=stream)
+        return exc.code
+
+
+def _hostname() -> str:
+    import socket  # only the --tunnel path pays for it
+
+    return socket.getfqdn()
