@@ -1,0 +1,366 @@
+# dask-pbs-kit: the logic the templates share. Sourced by scripts/*.pbs, never executed.
+#
+# Sourcing only defines functions and constants; `dpk::main interactive|production`
+# runs a cluster. Knobs are the upper-case variables documented in README.md; the
+# templates set them (NAME="${NAME:-default}") so that `qsub -v NAME=value` wins.
+# Functions share the dpk:: prefix and are grouped by phase, in the order a job runs them.
+
+DPK_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+DPK_KIT_DIR=$(dirname "$(dirname "$DPK_LIB_DIR")")
+readonly DPK_LIB_DIR DPK_KIT_DIR
+
+# ------------------------------------------------------------------ logging and errors
+
+# Print a line to the job's output. Arguments: words of the message.
+dpk::log() {
+  printf 'dask-pbs: %s\n' "$*"
+}
+
+# Print a warning to the job's stderr.
+dpk::warn() {
+  printf 'dask-pbs: warning: %s\n' "$*" >&2
+}
+
+# Print "dask-pbs: <what is wrong> (<what to do>)" to stderr and exit 1 (the EXIT trap,
+# once set, stops whatever was started).
+dpk::die() {
+  printf 'dask-pbs: %s\n' "$*" >&2
+  exit 1
+}
+
+# Seconds since the epoch, with fractions: for the readiness and teardown figures.
+dpk::now() {
+  date +%s.%N
+}
+
+# ------------------------------------------------------------------ knobs
+
+# Give every knob its default (templates set the ones users edit most) and check them
+# all before anything starts. Globals: the knobs; DPK_PYTHON.
+dpk::check_knobs() {
+  : "${PBS_JOBID:?dask-pbs: PBS_JOBID is not set: submit this script with qsub}"
+  : "${PBS_O_WORKDIR:?dask-pbs: PBS_O_WORKDIR is not set: submit this script with qsub}"
+  SCHEDULER_FILE=${SCHEDULER_FILE:-$PBS_O_WORKDIR/scheduler.json}
+  LOG_DIR=${LOG_DIR:-$PBS_O_WORKDIR/dask-logs/$PBS_JOBID}
+  INTERFACE=${INTERFACE-ib0}
+  NWORKERS=${NWORKERS:-1}
+  NTHREADS=${NTHREADS:-0}
+  MEMORY_RESERVE=${MEMORY_RESERVE:-10%}
+  WORKER_OMP_THREADS=${WORKER_OMP_THREADS:-1}
+  WORKER_ON_SCHEDULER_CHUNK=${WORKER_ON_SCHEDULER_CHUNK:-no}
+  READY_TIMEOUT=${READY_TIMEOUT:-120}
+  WALLTIME_MARGIN=${WALLTIME_MARGIN:-60}
+  STOP_TIMEOUT=${STOP_TIMEOUT:-8}
+  SCHEDULER_PORT=${SCHEDULER_PORT:-0}
+  DASHBOARD_PORT=${DASHBOARD_PORT:-8787}
+  EXTRA_SCHEDULER_ARGS=${EXTRA_SCHEDULER_ARGS:-}
+  EXTRA_WORKER_ARGS=${EXTRA_WORKER_ARGS:-}
+  DPK_PYTHON=${DPK_PYTHON:-python3}
+
+  local name
+  for name in NWORKERS WORKER_OMP_THREADS READY_TIMEOUT WALLTIME_MARGIN STOP_TIMEOUT; do
+    [[ ${!name} =~ ^[1-9][0-9]*$ || ( $name == WALLTIME_MARGIN && ${!name} == 0 ) ]] ||
+      dpk::die "$name=${!name} is not a positive whole number (set it in the template or with qsub -v $name=...)"
+  done
+  for name in NTHREADS SCHEDULER_PORT DASHBOARD_PORT; do
+    [[ ${!name} =~ ^[0-9]+$ ]] ||
+      dpk::die "$name=${!name} is not a whole number (0 means automatic)"
+  done
+  [[ $WORKER_ON_SCHEDULER_CHUNK == yes || $WORKER_ON_SCHEDULER_CHUNK == no ]] ||
+    dpk::die "WORKER_ON_SCHEDULER_CHUNK=$WORKER_ON_SCHEDULER_CHUNK must be yes or no"
+  [[ -z $INTERFACE || $INTERFACE =~ ^[A-Za-z0-9_.:-]+$ ]] ||
+    dpk::die "INTERFACE='$INTERFACE' is not an interface name (e.g. ib0, eth0; empty for Dask's default)"
+  command -v "$DPK_PYTHON" >/dev/null ||
+    dpk::die "no $DPK_PYTHON on PATH after the environment set-up ($PATH): fix the environment part of the template"
+  command -v pbsdsh >/dev/null ||
+    dpk::die "no pbsdsh on PATH ($PATH): run inside a PBS Pro job (or put tests/fakepbs/bin first on PATH)"
+}
+
+# ------------------------------------------------------------------ preparation
+
+# Make the job's private log folder and drop a scheduler file left by an earlier job.
+# Globals: LOG_DIR, SCHEDULER_FILE; sets DPK_JOB_SCHEDULER_FILE, DPK_ENV_FILE.
+dpk::prepare() {
+  umask 077
+  mkdir -p "$LOG_DIR" || dpk::die "cannot create the log folder $LOG_DIR (set LOG_DIR to a writable folder on shared storage)"
+  chmod 700 "$LOG_DIR"
+  # Workers and the readiness check use this per-job copy only: never a stale file.
+  DPK_JOB_SCHEDULER_FILE=$LOG_DIR/scheduler.json
+  DPK_ENV_FILE=$LOG_DIR/env.sh
+  rm -f "$SCHEDULER_FILE" "$DPK_JOB_SCHEDULER_FILE"
+  dpk::log "job $PBS_JOBID: logs in $LOG_DIR/"
+}
+
+# Write the job script's environment (after the template's activation) for the tasks.
+dpk::write_env() {
+  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" env-file "$DPK_ENV_FILE" ||
+    dpk::die "cannot write the task environment $DPK_ENV_FILE"
+}
+
+# Read the launch plan from the helper (select statement, node file, walltime).
+# Sets DPK_WALLTIME_LEFT, DPK_SCHED_* and the DPK_W_* arrays (one entry per worker chunk).
+dpk::read_plan() {
+  local plan kind a b c d e f
+  plan=$("$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" plan --nworkers "$NWORKERS" \
+    --nthreads "$NTHREADS" --reserve "$MEMORY_RESERVE" \
+    --worker-on-scheduler-chunk "$WORKER_ON_SCHEDULER_CHUNK" --started "$DPK_STARTED") ||
+    exit 1
+  DPK_W_CHUNK=() DPK_W_LINE=() DPK_W_NODE=() DPK_W_NPROC=() DPK_W_THREADS=() DPK_W_MEMORY=()
+  DPK_EXPECTED=0
+  while IFS=$'\t' read -r kind a b c d e f; do
+    case $kind in
+      walltime) DPK_WALLTIME_LEFT=$b ;;
+      scheduler) DPK_SCHED_CHUNK=$a DPK_SCHED_LINE=$b DPK_SCHED_NODE=$c ;;
+      worker)
+        DPK_W_CHUNK+=("$a") DPK_W_LINE+=("$b") DPK_W_NODE+=("$c")
+        DPK_W_NPROC+=("$d") DPK_W_THREADS+=("$e") DPK_W_MEMORY+=("$f")
+        DPK_EXPECTED=$((DPK_EXPECTED + d))
+        ;;
+    esac
+  done <<<"$plan"
+}
+
+# ------------------------------------------------------------------ starting Dask
+
+# Start one Dask process on a node through pbsdsh, in the background.
+# Arguments: role chunk nodefile-line node [dask args...]. Appends to DPK_PIDS/DPK_WATCH.
+dpk::start_task() {
+  local role=$1 chunk=$2 line=$3 node=$4
+  shift 4
+  local log=$LOG_DIR/$role-$chunk.log
+  local pid_file=$LOG_DIR/$role-$chunk.pid
+  : >"$log"
+  # pbsdsh's own output says when a task fails; keep it beside the log.
+  pbsdsh -n "$line" -- /bin/bash "$DPK_LIB_DIR/task.sh" "$DPK_ENV_FILE" "$log" "$pid_file" \
+    "$node" "$INTERFACE" "$WORKER_OMP_THREADS" "$role" "$@" >"$log.pbsdsh" 2>&1 &
+  DPK_PIDS+=("$!") DPK_LINES+=("$line") DPK_PIDFILES+=("$pid_file")
+  DPK_WATCH+=(--watch "$role:$chunk:$node:$!:$log")
+}
+
+# Start the scheduler on the first chunk. Sets DPK_SCHED_PID.
+dpk::start_scheduler() {
+  local -a args=(--scheduler-file "$DPK_JOB_SCHEDULER_FILE" --port "$SCHEDULER_PORT"
+    --dashboard-address ":$DASHBOARD_PORT")
+  [[ -n $INTERFACE ]] && args+=(--interface "$INTERFACE")
+  local -a extra
+  read -r -a extra <<<"$EXTRA_SCHEDULER_ARGS"
+  args+=("${extra[@]}")
+  dpk::log "starting the scheduler on chunk $DPK_SCHED_CHUNK (node $DPK_SCHED_NODE)"
+  dpk::start_task scheduler "$DPK_SCHED_CHUNK" "$DPK_SCHED_LINE" "$DPK_SCHED_NODE" "${args[@]}"
+  DPK_SCHED_PID=${DPK_PIDS[-1]}
+}
+
+# Start the worker processes of every worker chunk (one pbsdsh task per chunk).
+dpk::start_workers() {
+  local i
+  local -a extra args
+  read -r -a extra <<<"$EXTRA_WORKER_ARGS"
+  for i in "${!DPK_W_CHUNK[@]}"; do
+    args=(--scheduler-file "$DPK_JOB_SCHEDULER_FILE" --name "chunk-${DPK_W_CHUNK[i]}"
+      --nworkers "${DPK_W_NPROC[i]}" --nthreads "${DPK_W_THREADS[i]}"
+      --memory-limit "${DPK_W_MEMORY[i]}")
+    [[ -n $INTERFACE ]] && args+=(--interface "$INTERFACE")
+    args+=("${extra[@]}")
+    dpk::start_task worker "${DPK_W_CHUNK[i]}" "${DPK_W_LINE[i]}" "${DPK_W_NODE[i]}" "${args[@]}"
+  done
+  dpk::log "starting $DPK_EXPECTED worker processes on ${#DPK_W_CHUNK[@]} chunks" \
+    "($NWORKERS per chunk, ${DPK_W_THREADS[0]} threads and ${DPK_W_MEMORY[0]} bytes each on chunk ${DPK_W_CHUNK[0]})"
+}
+
+# Wait for the scheduler file and every worker, or fail naming what is missing.
+dpk::wait_ready() {
+  local status=0
+  "$DPK_PYTHON" "$DPK_LIB_DIR/wait_ready.py" --scheduler-file "$DPK_JOB_SCHEDULER_FILE" \
+    --workers "$DPK_EXPECTED" --timeout "$READY_TIMEOUT" "${DPK_WATCH[@]}" &
+  wait "$!" || status=$?
+  [[ $status -eq 0 ]] || dpk::die "the cluster did not start (logs in $LOG_DIR/)"
+  DPK_READY_AT=$(dpk::now)
+}
+
+# Copy the per-job scheduler file to SCHEDULER_FILE in one rename: readers see it whole.
+dpk::publish() {
+  cp "$DPK_JOB_SCHEDULER_FILE" "$SCHEDULER_FILE.$PBS_JOBID.tmp" &&
+    mv -f "$SCHEDULER_FILE.$PBS_JOBID.tmp" "$SCHEDULER_FILE" ||
+    dpk::die "cannot write $SCHEDULER_FILE (set SCHEDULER_FILE to a writable path)"
+}
+
+# Print where the cluster is and how to reach it.
+dpk::banner() {
+  local url address
+  local -a tunnel
+  address=$(sed -n 's/.*"address": *"\([^"]*\)".*/\1/p' "$SCHEDULER_FILE")
+  url=$("$DPK_PYTHON" "$DPK_KIT_DIR/helpers/dashboard_url.py" "$SCHEDULER_FILE" 2>&1) || true
+  mapfile -t tunnel < <("$DPK_PYTHON" "$DPK_KIT_DIR/helpers/dashboard_url.py" "$SCHEDULER_FILE" \
+    --tunnel "${PBS_O_HOST:-LOGIN_NODE}" 2>/dev/null)
+  dpk::log "cluster ready in $(dpk::elapsed "$DPK_STARTED" "$DPK_READY_AT") s: $DPK_EXPECTED workers"
+  printf '  scheduler: %s\n' "$address"
+  printf '  dashboard: %s\n' "$url"
+  [[ ${#tunnel[@]} -eq 2 ]] && printf '  tunnel:    %s   (on your laptop, %s)\n' "${tunnel[0]}" "${tunnel[1]#\# }"
+  printf '  connect:   from dask.distributed import Client; client = Client(scheduler_file="%s")\n' "$SCHEDULER_FILE"
+  printf '  logs:      %s/\n' "$LOG_DIR"
+}
+
+# Seconds between two dpk::now stamps, one decimal.
+dpk::elapsed() {
+  awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'
+}
+
+# ------------------------------------------------------------------ holding or running
+
+# True while the scheduler's pbsdsh (and so the scheduler) runs.
+dpk::scheduler_alive() {
+  kill -0 "$DPK_SCHED_PID" 2>/dev/null
+}
+
+# Sleep a little in a way a trapped signal interrupts at once.
+dpk::nap() {
+  sleep "${1:-0.2}" &
+  wait "$!" || true
+}
+
+# Interactive mode: keep the cluster until the walltime less WALLTIME_MARGIN, or until
+# the scheduler ends (a client called shutdown()). Sets DPK_STATUS.
+dpk::hold() {
+  local end=""
+  if [[ ${DPK_WALLTIME_LEFT:--1} -ge 0 ]]; then
+    end=$((SECONDS + DPK_WALLTIME_LEFT - WALLTIME_MARGIN))
+    dpk::log "holding the cluster for $((DPK_WALLTIME_LEFT - WALLTIME_MARGIN)) s (walltime less WALLTIME_MARGIN=$WALLTIME_MARGIN s); qdel $PBS_JOBID ends it sooner"
+  else
+    dpk::log "holding the cluster until the job is deleted (no walltime found)"
+  fi
+  while dpk::scheduler_alive; do
+    if [[ -n $end && $SECONDS -ge $end ]]; then
+      dpk::log "walltime nearly over: shutting the cluster down"
+      DPK_STATUS=0
+      return
+    fi
+    dpk::nap 1
+  done
+  dpk::log "the scheduler has ended (a client shut it down, or it failed: see $LOG_DIR/scheduler-$DPK_SCHED_CHUNK.log)"
+  DPK_STATUS=0
+  grep -q 'exit status' "$LOG_DIR/scheduler-$DPK_SCHED_CHUNK.log.pbsdsh" 2>/dev/null && DPK_STATUS=1
+  return 0
+}
+
+# Production mode: run PROGRAM from the submit folder; its status is the job's.
+# A scheduler that dies meanwhile stops the program and fails the job. Sets DPK_STATUS.
+dpk::run_program() {
+  local -a program
+  read -r -a program <<<"$PROGRAM"
+  [[ ${#program[@]} -gt 0 ]] || dpk::die "PROGRAM is empty: set the command to run in the template or with qsub -v PROGRAM=..."
+  dpk::log "running: ${program[*]} (in $PBS_O_WORKDIR)"
+  export DASK_SCHEDULER_FILE=$SCHEDULER_FILE
+  (cd "$PBS_O_WORKDIR" && exec "${program[@]}") &
+  DPK_PROGRAM_PID=$!
+  while kill -0 "$DPK_PROGRAM_PID" 2>/dev/null; do
+    if ! dpk::scheduler_alive; then
+      dpk::warn "the scheduler exited while the program ran (see $LOG_DIR/scheduler-$DPK_SCHED_CHUNK.log): stopping the program"
+      kill -TERM "$DPK_PROGRAM_PID" 2>/dev/null
+      wait "$DPK_PROGRAM_PID" 2>/dev/null
+      DPK_PROGRAM_PID=""
+      DPK_STATUS=1
+      return
+    fi
+    dpk::nap 0.1
+  done
+  DPK_STATUS=0
+  wait "$DPK_PROGRAM_PID" || DPK_STATUS=$?
+  DPK_PROGRAM_PID=""
+  DPK_PROGRAM_END=$(dpk::now)
+  dpk::log "the program exited with status $DPK_STATUS"
+}
+
+# ------------------------------------------------------------------ shutting down
+
+# Stop every Dask process of the job and wait until they are gone: each gets SIGTERM
+# (a clean exit, ~0.5 s) through a second pbsdsh on its node; the first pbsdsh of each
+# task returns when its task ends. Past STOP_TIMEOUT, pbsdsh forwards a SIGKILL.
+dpk::stop_cluster() {
+  [[ ${#DPK_PIDS[@]} -gt 0 ]] || return 0
+  local i pid deadline=$((SECONDS + STOP_TIMEOUT))
+  local -a killers=()
+  for i in "${!DPK_PIDS[@]}"; do
+    kill -0 "${DPK_PIDS[i]}" 2>/dev/null || continue
+    pid=$(cat "${DPK_PIDFILES[i]}" 2>/dev/null) || continue
+    [[ $pid =~ ^[0-9]+$ ]] || continue
+    pbsdsh -n "${DPK_LINES[i]}" -- /bin/sh -c 'kill -TERM "$1" 2>/dev/null' sh "$pid" >/dev/null 2>&1 &
+    killers+=("$!")
+  done
+  for pid in "${DPK_PIDS[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && [[ $SECONDS -lt $deadline ]]; do
+      dpk::nap 0.05
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      dpk::warn "a Dask process did not stop within STOP_TIMEOUT=$STOP_TIMEOUT s: killing it"
+      kill -KILL "$pid" 2>/dev/null
+    fi
+  done
+  [[ ${#killers[@]} -eq 0 ]] || wait "${killers[@]}" 2>/dev/null
+  DPK_PIDS=()
+}
+
+# Remove what must not outlive the job: the published scheduler file (if still ours).
+dpk::unpublish() {
+  if [[ -f $SCHEDULER_FILE && -f $DPK_JOB_SCHEDULER_FILE ]] && cmp -s "$SCHEDULER_FILE" "$DPK_JOB_SCHEDULER_FILE"; then
+    rm -f "$SCHEDULER_FILE"
+  fi
+  rm -f "$SCHEDULER_FILE.$PBS_JOBID.tmp"
+}
+
+# EXIT trap: stop the program and the cluster, whatever ended the script.
+dpk::on_exit() {
+  local status=$?
+  trap - EXIT TERM INT HUP
+  set +e
+  if [[ -n ${DPK_PROGRAM_PID:-} ]]; then
+    kill -TERM "$DPK_PROGRAM_PID" 2>/dev/null
+  fi
+  dpk::stop_cluster
+  dpk::unpublish
+  if [[ -n ${DPK_PROGRAM_END:-} ]]; then
+    dpk::log "cluster stopped $(dpk::elapsed "$DPK_PROGRAM_END" "$(dpk::now)") s after the program ended; exit status $status"
+  else
+    dpk::log "cluster stopped; exit status $status"
+  fi
+  exit "$status"
+}
+
+# TERM/INT/HUP trap (qdel, walltime): a clean stop within PBS's kill delay.
+# Interactive jobs end with 0 (the normal way to end them); production jobs with 128+signal.
+dpk::on_signal() {
+  local sig=$1 code
+  dpk::log "received SIG$sig: shutting the cluster down"
+  code=$((128 + $(kill -l "$sig")))
+  [[ $DPK_MODE == interactive ]] && code=0
+  exit "$code"
+}
+
+# ------------------------------------------------------------------ entry point
+
+# Run the cluster. Argument: interactive (hold until walltime) or production (PROGRAM).
+dpk::main() {
+  DPK_MODE=${1:?dpk::main needs interactive or production}
+  DPK_STARTED=$(dpk::now)
+  DPK_PIDS=() DPK_LINES=() DPK_PIDFILES=() DPK_WATCH=() DPK_STATUS=0
+  dpk::check_knobs
+  [[ $DPK_MODE != production || -n ${PROGRAM:-} ]] ||
+    dpk::die "PROGRAM is empty: set the command to run in the template or with qsub -v PROGRAM=..."
+  dpk::prepare
+  dpk::read_plan
+  dpk::write_env
+  trap dpk::on_exit EXIT
+  trap 'dpk::on_signal TERM' TERM
+  trap 'dpk::on_signal INT' INT
+  trap 'dpk::on_signal HUP' HUP
+  dpk::start_scheduler
+  dpk::start_workers
+  dpk::wait_ready
+  dpk::publish
+  dpk::banner
+  if [[ $DPK_MODE == production ]]; then
+    dpk::run_program
+  else
+    dpk::hold
+  fi
+  exit "$DPK_STATUS"
+}
