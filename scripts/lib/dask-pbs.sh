@@ -178,7 +178,9 @@ dpk::wait_ready() {
 }
 
 # Copy the per-job scheduler file to SCHEDULER_FILE in one rename: readers see it whole.
+# Sets DPK_PUBLISHED: its content, so that teardown removes the file only if still ours.
 dpk::publish() {
+  DPK_PUBLISHED=$(cat "$DPK_JOB_SCHEDULER_FILE")
   cp "$DPK_JOB_SCHEDULER_FILE" "$SCHEDULER_FILE.$PBS_JOBID.tmp" &&
     mv -f "$SCHEDULER_FILE.$PBS_JOBID.tmp" "$SCHEDULER_FILE" ||
     dpk::die "cannot write $SCHEDULER_FILE (set SCHEDULER_FILE to a writable path)"
@@ -256,7 +258,7 @@ dpk::run_program() {
     if ! dpk::scheduler_alive; then
       dpk::warn "the scheduler exited while the program ran (see $LOG_DIR/scheduler-$DPK_SCHED_CHUNK.log): stopping the program"
       kill -TERM "$DPK_PROGRAM_PID" 2>/dev/null
-      wait "$DPK_PROGRAM_PID" 2>/dev/null
+      wait "$DPK_PROGRAM_PID" 2>/dev/null || true
       DPK_PROGRAM_PID=""
       DPK_STATUS=1
       return
@@ -301,7 +303,7 @@ dpk::stop_cluster() {
 
 # Remove what must not outlive the job: the published scheduler file (if still ours).
 dpk::unpublish() {
-  if [[ -f $SCHEDULER_FILE && -f $DPK_JOB_SCHEDULER_FILE ]] && cmp -s "$SCHEDULER_FILE" "$DPK_JOB_SCHEDULER_FILE"; then
+  if [[ -n ${DPK_PUBLISHED:-} && -f $SCHEDULER_FILE && $(cat "$SCHEDULER_FILE") == "$DPK_PUBLISHED" ]]; then
     rm -f "$SCHEDULER_FILE"
   fi
   rm -f "$SCHEDULER_FILE.$PBS_JOBID.tmp"
@@ -315,8 +317,8 @@ dpk::on_exit() {
   if [[ -n ${DPK_PROGRAM_PID:-} ]]; then
     kill -TERM "$DPK_PROGRAM_PID" 2>/dev/null
   fi
-  dpk::stop_cluster
   dpk::unpublish
+  dpk::stop_cluster
   if [[ -n ${DPK_PROGRAM_END:-} ]]; then
     dpk::log "cluster stopped $(dpk::elapsed "$DPK_PROGRAM_END" "$(dpk::now)") s after the program ended; exit status $status"
   else

@@ -1,0 +1,60 @@
+#!/usr/bin/env bats
+# What the user sees when a cluster cannot start: a clear message, a failed job, no hang.
+
+load test_helper
+
+@test "a missing interface fails the job within seconds, naming the node and its interfaces" {
+  SECONDS=0
+  submit launch-dask-cluster-path.pbs -l select=3:ncpus=1:mem=1gb -l walltime=00:02:00 -v INTERFACE=nosuch0
+  [ "$status" -eq 1 ]
+  [ "$SECONDS" -lt 30 ]
+  run job_output dask-cluster-path
+  [[ $output == *"interface 'nosuch0' does not exist on node node00 (it has: "*"lo"* ]]
+  [[ $output == *"the cluster did not start"* ]]
+  assert_no_job_processes
+}
+
+@test "a worker that cannot start names its chunk and its log, and stops the rest" {
+  SECONDS=0
+  submit launch-dask-cluster-path.pbs -l select=3:ncpus=1:mem=1gb -l walltime=00:02:00 -v EXTRA_WORKER_ARGS="--memory-limit 18XB"
+  [ "$status" -eq 1 ]
+  [ "$SECONDS" -lt 40 ]
+  run job_output dask-cluster-path
+  [[ $output =~ the\ worker\ of\ chunk\ [12]\ \(node\ node0[12]\)\ exited\ before\ the\ cluster\ was\ ready ]]
+  [[ $output == *"worker-"[12]".log ends with:"* ]]
+  [[ $output == *"Could not interpret 'XB' as a byte unit"* ]]
+  assert_no_job_processes
+}
+
+@test "workers that never connect time out, naming the missing chunks" {
+  # A worker told to wait for a scheduler file that never appears: it starts but never joins.
+  submit launch-dask-cluster-path.pbs -l select=2:ncpus=1:mem=1gb -l walltime=00:02:00 \
+    -v READY_TIMEOUT=8 -v "EXTRA_WORKER_ARGS=--scheduler-file /nonexistent/scheduler.json"
+  [ "$status" -eq 1 ]
+  run job_output dask-cluster-path
+  [[ $output == *"only 0 of 1 workers connected after 8 s"* ]]
+  [[ $output == *"missing: the worker of chunk 1 (node node01), log "*"worker-1.log"* ]]
+  assert_no_job_processes
+}
+
+@test "a job with one chunk and no worker chunk is refused with advice" {
+  submit launch-dask-cluster-path.pbs -l select=1:ncpus=1:mem=1gb
+  [ "$status" -eq 1 ]
+  run job_output dask-cluster-path
+  [[ $output == *"no chunk for workers (ask for select=2 or more, or set WORKER_ON_SCHEDULER_CHUNK=yes)"* ]]
+}
+
+@test "a knob with a bad value is refused before anything starts" {
+  submit launch-dask-cluster-path.pbs -l select=2:ncpus=1:mem=1gb -v NWORKERS=two
+  [ "$status" -eq 1 ]
+  run job_output dask-cluster-path
+  [[ $output == *"NWORKERS=two is not a positive whole number"* ]]
+  [[ $output != *"starting the scheduler"* ]]
+}
+
+@test "a chunk too small for its worker processes is refused with the numbers" {
+  submit launch-dask-cluster-process-with-path.pbs -l select=2:ncpus=4:mem=512mb
+  [ "$status" -eq 1 ]
+  run job_output dask-cluster-procs
+  [[ $output == *"512mb per chunk less a reserve of 10% leaves"*"for each of 4 worker processes"* ]]
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bats
+# The production template (launch-dask-wordcount.pbs) on a 3-node fake PBS job.
+
+load test_helper
+
+@test "wordcount runs on a 3-chunk job, prints its counts and exits 0" {
+  submit launch-dask-wordcount.pbs -l select=3:ncpus=2:mem=2gb
+  [ "$status" -eq 0 ]
+  run job_output dask-wordcount
+  [[ $output == *"cluster ready in"* ]]
+  [[ $output == *"counting words in "*" files on 2 workers"* ]]
+  [[ $output == *"top 10 words:"* ]]
+  [[ $output =~ total:\ [0-9]+\ words ]]
+  [[ $output == *"the program exited with status 0"* ]]
+  [[ $output == *"cluster stopped"* ]]
+  [ ! -e scheduler.json ]
+  assert_no_job_processes
+}
+
+@test "the job's exit status is the program's" {
+  printf 'import sys\nprint("failing on purpose")\nsys.exit(3)\n' >fail.py
+  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM="python3 fail.py"
+  [ "$status" -eq 3 ]
+  run job_output dask-wordcount
+  [[ $output == *"failing on purpose"* ]]
+  [[ $output == *"the program exited with status 3"* ]]
+  assert_no_job_processes
+}
+
+@test "a program that crashes with a traceback fails the job" {
+  printf 'raise RuntimeError("boom")\n' >crash.py
+  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM="python3 crash.py"
+  [ "$status" -eq 1 ]
+  run job_output dask-wordcount
+  [[ $output == *"RuntimeError: boom"* ]]
+  assert_no_job_processes
+}
+
+@test "a scheduler that dies while the program runs ends the job promptly with a failure" {
+  cat >kill_scheduler.py <<'PY'
+import os, time
+from distributed import Client
+Client(scheduler_file=os.environ["DASK_SCHEDULER_FILE"]).shutdown()
+time.sleep(120)
+PY
+  SECONDS=0
+  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM="python3 kill_scheduler.py"
+  [ "$status" -eq 1 ]
+  [ "$SECONDS" -lt 60 ]
+  run job_output dask-wordcount
+  [[ $output == *"the scheduler exited while the program ran"* ]]
+  assert_no_job_processes
+}
+
+@test "a stale scheduler.json from an earlier job is removed, never used" {
+  echo '{"type": "Scheduler", "address": "tcp://127.0.0.1:1", "services": {"dashboard": 1}}' >scheduler.json
+  printf 'import json\nprint("address", json.load(open("scheduler.json"))["address"])\n' >show.py
+  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM="python3 show.py"
+  [ "$status" -eq 0 ]
+  run job_output dask-wordcount
+  [[ $output =~ address\ tcp://127\.0\.0\.1:[0-9]{4,5} ]]
+  [[ $output != *"tcp://127.0.0.1:1"$'\n'* ]]
+  [ ! -e scheduler.json ]
+}
+
+@test "an empty PROGRAM is refused before anything starts" {
+  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM=
+  # PROGRAM= falls back to the template's default; a blank one is refused.
+  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v "PROGRAM= "
+  [ "$status" -eq 1 ]
+  run cat dask-wordcount.o*
+  [[ $output == *"PROGRAM is empty"* ]]
+}

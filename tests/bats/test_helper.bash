@@ -1,0 +1,90 @@
+# Shared set-up for the kit's bats tests: a private fake PBS per test, the fake first on a
+# minimal PATH, scratch files in $BATS_TEST_TMPDIR, and no process left behind.
+
+KIT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
+PY=$KIT/.venv/bin/python
+export KIT PY
+
+setup() {
+  export FAKEPBS_HOME=$BATS_TEST_TMPDIR/pbs
+  export FAKEPBS_KILL_DELAY=${FAKEPBS_KILL_DELAY:-10}
+  export PATH=$KIT/tests/fakepbs/bin:/usr/local/bin:/usr/bin:/bin
+  # Submit from a scratch folder: the templates find the kit through DASK_PBS_KIT.
+  cd "$BATS_TEST_TMPDIR" || return 1
+}
+
+teardown() {
+  local left
+  left=$(job_processes)
+  if [[ -n $left ]]; then
+    kill -KILL $left 2>/dev/null || true
+  fi
+}
+
+# PIDs of every live process started by this test's fake PBS (they carry FAKEPBS_HOME).
+job_processes() {
+  local pid
+  for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+    [[ $pid == "$$" ]] && continue
+    if grep -qzxF "FAKEPBS_HOME=$FAKEPBS_HOME" "/proc/$pid/environ" 2>/dev/null; then
+      grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null || echo "$pid"
+    fi
+  done
+}
+
+# Fail if any process of this test's jobs still runs.
+assert_no_job_processes() {
+  local left
+  left=$(job_processes)
+  if [[ -n $left ]]; then
+    echo "processes left behind:" >&2
+    for pid in $left; do tr '\0' ' ' <"/proc/$pid/cmdline" >&2; echo >&2; done
+    return 1
+  fi
+}
+
+# The -v list every test passes: where the kit and its Python are, loopback networking.
+kit_vars() {
+  echo "DASK_PBS_KIT=$KIT,PYTHON_PREFIX=$KIT/.venv,INTERFACE=lo,READY_TIMEOUT=60"
+}
+
+# Submit a template and wait for it: submit TEMPLATE [qsub options...]; sets $output, $status.
+submit() {
+  local template=$1
+  shift
+  run qsub -W block=true -v "$(kit_vars)" "$@" "$KIT/scripts/$template"
+}
+
+# Start a template in the background (qsub -W block=true &); sets JOB_QSUB_PID.
+submit_background() {
+  local template=$1
+  shift
+  qsub -W block=true -v "$(kit_vars)" "$@" "$KIT/scripts/$template" >"$BATS_TEST_TMPDIR/qsub.out" &
+  JOB_QSUB_PID=$!
+}
+
+# The job id printed by submit_background's qsub.
+background_job_id() {
+  local i
+  for i in $(seq 50); do
+    [[ -s $BATS_TEST_TMPDIR/qsub.out ]] && { head -n 1 "$BATS_TEST_TMPDIR/qsub.out"; return; }
+    sleep 0.1
+  done
+  return 1
+}
+
+# Run Python code against the job's cluster with a real Client (code gets `client`).
+with_client() {
+  "$PY" - "$1" <<'PYEOF'
+import sys
+from distributed import Client
+client = Client(scheduler_file="scheduler.json", timeout="20s")
+exec(sys.argv[1])
+client.close()
+PYEOF
+}
+
+# The job's merged output file (templates use -j oe): job_output NAME.
+job_output() {
+  cat "$BATS_TEST_TMPDIR/$1".o*
+}
