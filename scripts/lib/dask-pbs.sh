@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # dask-pbs-kit: the logic the templates share. Sourced by scripts/*.pbs, never executed.
 #
 # Sourcing only defines functions and constants; `dpk::main interactive|production`
@@ -181,9 +182,10 @@ dpk::wait_ready() {
 # Sets DPK_PUBLISHED: its content, so that teardown removes the file only if still ours.
 dpk::publish() {
   DPK_PUBLISHED=$(cat "$DPK_JOB_SCHEDULER_FILE")
-  cp "$DPK_JOB_SCHEDULER_FILE" "$SCHEDULER_FILE.$PBS_JOBID.tmp" &&
-    mv -f "$SCHEDULER_FILE.$PBS_JOBID.tmp" "$SCHEDULER_FILE" ||
+  if ! cp "$DPK_JOB_SCHEDULER_FILE" "$SCHEDULER_FILE.$PBS_JOBID.tmp" ||
+    ! mv -f "$SCHEDULER_FILE.$PBS_JOBID.tmp" "$SCHEDULER_FILE"; then
     dpk::die "cannot write $SCHEDULER_FILE (set SCHEDULER_FILE to a writable path)"
+  fi
 }
 
 # Print where the cluster is and how to reach it.

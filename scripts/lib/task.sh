@@ -1,3 +1,4 @@
+#!/bin/bash
 # dask-pbs-kit: what each pbsdsh task runs (started as /bin/bash task.sh ..., never sourced).
 #
 # PBS starts a task with a stripped environment (PATH=/bin:/usr/bin), cwd $HOME and no

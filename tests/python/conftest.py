@@ -1,0 +1,75 @@
+"""Shared fixtures: the helpers on sys.path, real Dask schedulers, a private fake PBS."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+KIT = Path(__file__).resolve().parents[2]
+FAKEPBS_BIN = KIT / "tests" / "fakepbs" / "bin"
+sys.path.insert(0, str(KIT / "helpers"))
+sys.path.insert(0, str(KIT / "tests" / "fakepbs"))
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+@pytest.fixture
+def real_scheduler_file(tmp_path):
+    """A scheduler.json written by a real `dask scheduler`; the process is stopped after."""
+    path = tmp_path / "scheduler.json"
+    proc = subprocess.Popen(
+        [DASK, "scheduler", "--scheduler-file", str(path), "--host", "127.0.0.1",
+         "--port", "0", "--dashboard-address", "127.0.0.1:0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not path.exists() or not path.read_text().strip().endswith("}"):
+            assert proc.poll() is None, "dask scheduler exited"
+            assert time.monotonic() < deadline, "no scheduler file after 60 s"
+            time.sleep(0.05)
+        yield path
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def fakepbs(tmp_path, monkeypatch):
+    """A private fake PBS: its bin first on PATH, its state under tmp_path; no job left."""
+    home = tmp_path / "pbs"
+    monkeypatch.setenv("FAKEPBS_HOME", str(home))
+    monkeypatch.setenv("FAKEPBS_KILL_DELAY", "2")
+    monkeypatch.setenv("PATH", f"{FAKEPBS_BIN}:/usr/bin:/bin")
+    monkeypatch.chdir(tmp_path)
+    yield home
+    for pid in job_processes(home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def job_processes(home: Path) -> list:
+    """Live processes started by the fake PBS under home (they carry FAKEPBS_HOME)."""
+    marker = f"FAKEPBS_HOME={home}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in environ and state != "Z":
+            found.append(int(entry))
+    return found

@@ -1,0 +1,111 @@
+"""scheduler.json reading, the dashboard URL and the tunnel command."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import KIT
+from dask_pbs_kit import dashboard_cli, schedfile
+from dask_pbs_kit.errors import MALFORMED, MISSING, NO_DASHBOARD, NOT_SCHEDULER, USAGE, KitError
+
+
+def write(tmp_path, content, name="scheduler.json"):
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+def test_real_scheduler_file_gives_its_dashboard(real_scheduler_file):
+    info = json.loads(real_scheduler_file.read_text())
+    port = info["services"]["dashboard"]
+    assert schedfile.dashboard_url(schedfile.load(str(real_scheduler_file))) == f"http://127.0.0.1:{port}/status"
+
+
+def test_dashboard_url_command_on_a_real_file_in_a_subprocess(real_scheduler_file):
+    done = subprocess.run([sys.executable, str(KIT / "helpers" / "dashboard_url.py"), str(real_scheduler_file)],
+                          capture_output=True, text=True, check=True)
+    port = json.loads(real_scheduler_file.read_text())["services"]["dashboard"]
+    assert done.stdout == f"http://127.0.0.1:{port}/status\n"
+    assert done.stderr == ""
+
+
+def test_origin_format_with_bokeh_service(tmp_path, capsys):
+    path = write(tmp_path, {"type": "Scheduler", "address": "tcp://10.1.2.50:8786",
+                            "workers": {}, "services": {"http": 9786, "bokeh": 8787},
+                            "id": "Scheduler-14dafe2c"})
+    assert dashboard_cli.main([path]) == 0
+    assert capsys.readouterr().out == "http://10.1.2.50:8787/status\n"
+
+
+@pytest.mark.parametrize("address, url", [
+    ("tls://10.0.0.5:40001", "http://10.0.0.5:8787/status"),
+    ("ucx://10.0.0.5:40001", "http://10.0.0.5:8787/status"),
+    ("tcp://[::1]:8786", "http://[::1]:8787/status"),
+    ("tcp://node12.cluster:8786", "http://node12.cluster:8787/status"),
+])
+def test_protocols_and_ipv6(address, url):
+    assert schedfile.dashboard_url({"address": address, "services": {"dashboard": 8787}}) == url
+
+
+def test_tunnel_goes_through_the_named_login_host(tmp_path, capsys):
+    path = write(tmp_path, {"type": "Scheduler", "address": "tcp://10.0.0.5:8786", "services": {"dashboard": 8790}})
+    assert dashboard_cli.main([path, "--tunnel", "me@login1"]) == 0
+    assert capsys.readouterr().out == (
+        "ssh -N -L 8790:10.0.0.5:8790 me@login1\n# then open http://localhost:8790/status\n")
+
+
+def test_tunnel_defaults_to_pbs_o_host_and_takes_a_local_port(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PBS_O_HOST", "login2")
+    path = write(tmp_path, {"address": "tcp://[fe80::1]:8786", "services": {"dashboard": 8787}})
+    assert dashboard_cli.main(["--tunnel", "--local-port", "9000", path]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "ssh -N -L 9000:[fe80::1]:8787 login2", "# then open http://localhost:9000/status"]
+
+
+@pytest.mark.parametrize("content, code, message", [
+    (None, MISSING, "no such scheduler file"),
+    ('{"type": "Scheduler", "addr', MALFORMED, "not complete JSON"),
+    ("", MALFORMED, "not complete JSON"),
+    ({"type": "Worker", "address": "tcp://1.2.3.4:1"}, NOT_SCHEDULER, "not a Dask scheduler file"),
+    ({"workers": {}}, NOT_SCHEDULER, "not a Dask scheduler file"),
+    ([1, 2], NOT_SCHEDULER, "not a Dask scheduler file"),
+    ({"address": "tcp://1.2.3.4:1", "services": {}}, NO_DASHBOARD, "install bokeh"),
+])
+def test_each_error_has_its_message_and_exit_status(tmp_path, capsys, content, code, message):
+    path = str(tmp_path / "scheduler.json") if content is None else write(tmp_path, content)
+    assert dashboard_cli.main([path]) == code
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("dashboard_url: ")
+    assert message in captured.err
+    assert captured.err.count("\n") == 1
+
+
+def test_usage_errors(capsys):
+    assert dashboard_cli.main(["--bogus"]) == USAGE
+    assert "unknown option --bogus" in capsys.readouterr().err
+    assert dashboard_cli.main(["a.json", "b.json"]) == USAGE
+    assert dashboard_cli.main(["--wait", "soon"]) == USAGE
+
+
+def test_help_goes_to_stdout_with_status_0(capsys):
+    assert dashboard_cli.main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: dashboard_url.py")
+
+
+def test_wait_sees_a_file_that_appears_later(tmp_path):
+    path = tmp_path / "scheduler.json"
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import time, json; time.sleep(0.5); "
+        f"open({str(path)!r}, 'w').write(json.dumps({{'address': 'tcp://1.2.3.4:5', 'services': {{'dashboard': 6}}}}))")])
+    try:
+        assert schedfile.dashboard_url(schedfile.load(str(path), wait=20)) == "http://1.2.3.4:6/status"
+    finally:
+        writer.wait()
+
+
+def test_wait_gives_up_with_the_missing_file_error(tmp_path):
+    with pytest.raises(KitError) as err:
+        schedfile.load(str(tmp_path / "none.json"), wait=0.3)
+    assert err.value.code == MISSING
