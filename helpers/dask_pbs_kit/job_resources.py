@@ -99,18 +99,19 @@ def place_chunks(chunks: list, lines: list) -> None:
 def chunks_from_nodefile(lines: list, ncpus: int) -> list:
     """Fallback: one chunk per run of identical consecutive node-file lines."""
     chunks: list = []
-    for line in lines:
+    for number, line in enumerate(lines):
         if chunks and chunks[-1].node == line:
             chunks[-1].mpiprocs += 1
             continue
         chunk = Chunk(len(chunks), ncpus, None, 1)
-        chunk.node = line
+        chunk.node, chunk.first_line = line, number
         chunks.append(chunk)
     return chunks
 
 
-def job_chunks(environ: Mapping[str, str], attrs: Optional[dict], warn=sys.stderr) -> list:
+def job_chunks(environ: Mapping[str, str], attrs: Optional[dict], warn=None) -> list:
     """The job's chunks, from the select statement when it matches the node file."""
+    warn = warn or sys.stderr
     lines = read_nodefile(environ.get("PBS_NODEFILE", ""))
     select = ((attrs or {}).get("Resource_List") or {}).get("select")
     if select:
