@@ -1,0 +1,62 @@
+"""The examples on a real cluster: wordcount equals collections.Counter; the lookup table reads."""
+import importlib.util
+import sys
+from collections import Counter
+
+import pytest
+from distributed import Client, LocalCluster
+
+from conftest import KIT
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name.replace("-", "_"), KIT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        with Client(cluster) as c:
+            yield c
+
+
+def test_wordcount_equals_counter_over_the_same_files(client, tmp_path):
+    wc = load("dask-wordcount")
+    (tmp_path / "a.txt").write_text("The cat\nthe DOG, the end.\n" * 50)
+    (tmp_path / "b.txt").write_text("héllo wörld\n\nsnake_case 42\n" * 30)
+    files = wc.expand([str(tmp_path / "*.txt")])
+    expected = Counter()
+    for f in files:
+        for line in open(f, encoding="utf-8"):
+            expected.update(wc.words(line))
+    assert wc.wordcount(client, files, blocksize="64B") == expected  # many partitions
+
+
+def test_wordcount_default_input_is_the_stdlib_and_matches_counter(client):
+    wc = load("dask-wordcount")
+    files = wc.default_files()
+    assert len(files) > 50
+    expected = Counter()
+    for f in files:
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                expected.update(wc.words(line))
+    assert wc.wordcount(client, files) == expected
+
+
+def test_wordcount_without_a_scheduler_file_says_how_to_start_one(tmp_path, capsys):
+    wc = load("dask-wordcount")
+    with pytest.raises(SystemExit, match="no scheduler file .*qsub scripts/launch-dask-cluster-path.pbs"):
+        wc.main(["--scheduler-file", str(tmp_path / "none.json")])
+
+
+def test_lookup_table_reads_whitespace_columns_with_current_pandas(client, tmp_path):
+    lut = load("lookup-table")
+    path = tmp_path / "lut.txt"
+    lut.generate_table(str(path), rows=40)
+    head = lut.read_table(client, str(path)).head()
+    assert head.shape == (5, 12)
+    assert list(head[4]) == [940.0] * 5
