@@ -276,31 +276,48 @@ dpk::run_program() {
 
 # ------------------------------------------------------------------ shutting down
 
-# Stop every Dask process of the job and wait until they are gone: each gets SIGTERM
-# (a clean exit, ~0.5 s) through a second pbsdsh on its node; the first pbsdsh of each
-# task returns when its task ends. Past STOP_TIMEOUT, pbsdsh forwards a SIGKILL.
+# Stop every Dask process of the job and wait until they are gone: workers first (with
+# the scheduler still up they close in ~0.3 s; after it, some wait seconds on the broken
+# connection), then the scheduler.
 dpk::stop_cluster() {
   [[ ${#DPK_PIDS[@]} -gt 0 ]] || return 0
+  local i
+  local -a workers=()
+  for i in "${!DPK_PIDS[@]}"; do
+    [[ ${DPK_PIDS[i]} == "${DPK_SCHED_PID:-}" ]] || workers+=("$i")
+  done
+  dpk::stop_tasks "${workers[@]}"
+  for i in "${!DPK_PIDS[@]}"; do
+    [[ ${DPK_PIDS[i]} == "${DPK_SCHED_PID:-}" ]] && dpk::stop_tasks "$i"
+  done
+  DPK_PIDS=()
+}
+
+# Stop the tasks at these indices of DPK_PIDS: each Dask process gets SIGTERM (a clean
+# exit) through a second pbsdsh on its node; the first pbsdsh of a task returns when the
+# task has ended, so waiting for it is waiting for the process. Past STOP_TIMEOUT the
+# first pbsdsh gets SIGKILL (and its task dies with the job).
+dpk::stop_tasks() {
   local i pid deadline=$((SECONDS + STOP_TIMEOUT))
   local -a killers=()
-  for i in "${!DPK_PIDS[@]}"; do
+  for i in "$@"; do
     kill -0 "${DPK_PIDS[i]}" 2>/dev/null || continue
     pid=$(cat "${DPK_PIDFILES[i]}" 2>/dev/null) || continue
     [[ $pid =~ ^[0-9]+$ ]] || continue
+    # shellcheck disable=SC2016 # $1 expands in the task's shell
     pbsdsh -n "${DPK_LINES[i]}" -- /bin/sh -c 'kill -TERM "$1" 2>/dev/null' sh "$pid" >/dev/null 2>&1 &
     killers+=("$!")
   done
-  for pid in "${DPK_PIDS[@]}"; do
-    while kill -0 "$pid" 2>/dev/null && [[ $SECONDS -lt $deadline ]]; do
+  for i in "$@"; do
+    while kill -0 "${DPK_PIDS[i]}" 2>/dev/null && [[ $SECONDS -lt $deadline ]]; do
       dpk::nap 0.05
     done
-    if kill -0 "$pid" 2>/dev/null; then
-      dpk::warn "a Dask process did not stop within STOP_TIMEOUT=$STOP_TIMEOUT s: killing it"
-      kill -KILL "$pid" 2>/dev/null
+    if kill -0 "${DPK_PIDS[i]}" 2>/dev/null; then
+      dpk::warn "a Dask process did not stop within STOP_TIMEOUT=$STOP_TIMEOUT s: killing it (see $LOG_DIR/)"
+      kill -KILL "${DPK_PIDS[i]}" 2>/dev/null
     fi
   done
-  [[ ${#killers[@]} -eq 0 ]] || wait "${killers[@]}" 2>/dev/null
-  DPK_PIDS=()
+  [[ ${#killers[@]} -eq 0 ]] || wait "${killers[@]}" 2>/dev/null || true
 }
 
 # Remove what must not outlive the job: the published scheduler file (if still ours).
