@@ -11,8 +11,11 @@ import os
 import sys
 import time
 
-from . import args, envfile, job_resources, pbs_sizes
+from . import args, pbs_sizes
 from .errors import USAGE, KitError
+
+# envfile and job_resources (subprocess, shlex) load only for the commands that use them:
+# `memory` starts as fast as reading a JSON file.
 
 PLAN_USAGE = """usage: kit.py plan [--nworkers N] [--nthreads T] [--reserve R] [--worker-on-scheduler-chunk yes|no] [--started EPOCH]
 
@@ -39,7 +42,9 @@ def _count(text: str, what: str, minimum: int) -> int:
     return int(text)
 
 
-def plan(argv: list, environ=os.environ, attrs_of=job_resources.qstat_attributes) -> list:
+def plan(argv: list, environ=os.environ, attrs_of=None) -> list:
+    from . import job_resources
+
     opts, operands = args.parse(argv, {
         "--nworkers": "value", "--nthreads": "value", "--reserve": "value",
         "--worker-on-scheduler-chunk": "value", "--started": "value",
@@ -53,7 +58,7 @@ def plan(argv: list, environ=os.environ, attrs_of=job_resources.qstat_attributes
     if on_first not in ("yes", "no"):
         raise KitError(f"WORKER_ON_SCHEDULER_CHUNK must be yes or no, not {on_first!r}", USAGE)
     started = args.number(opts.get("--started", str(time.time())), "--started")
-    attrs = attrs_of(job_resources.job_id(environ))
+    attrs = (attrs_of or job_resources.qstat_attributes)(job_resources.job_id(environ))
     chunks = job_resources.job_chunks(environ, attrs)
     worker_chunks = chunks if on_first == "yes" else chunks[1:]
     if not worker_chunks:
@@ -99,6 +104,8 @@ def main(argv=None) -> int:
         elif command == "memory":
             print(memory(rest))
         elif command == "env-file":
+            from . import envfile
+
             _, operands = args.parse(rest, {}, ENV_USAGE)
             if len(operands) != 1:
                 raise KitError(ENV_USAGE, USAGE)
