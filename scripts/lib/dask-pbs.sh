@@ -249,12 +249,9 @@ dpk::hold() {
 # Production mode: run PROGRAM from the submit folder; its status is the job's.
 # A scheduler that dies meanwhile stops the program and fails the job. Sets DPK_STATUS.
 dpk::run_program() {
-  local -a program
-  read -r -a program <<<"$PROGRAM"
-  [[ ${#program[@]} -gt 0 ]] || dpk::die "PROGRAM is empty: set the command to run in the template or with qsub -v PROGRAM=..."
-  dpk::log "running: ${program[*]} (in $PBS_O_WORKDIR)"
+  dpk::log "running: ${DPK_PROGRAM[*]} (in $PBS_O_WORKDIR)"
   export DASK_SCHEDULER_FILE=$SCHEDULER_FILE
-  (cd "$PBS_O_WORKDIR" && exec "${program[@]}") &
+  (cd "$PBS_O_WORKDIR" && exec "${DPK_PROGRAM[@]}") &
   DPK_PROGRAM_PID=$!
   while kill -0 "$DPK_PROGRAM_PID" 2>/dev/null; do
     if ! dpk::scheduler_alive; then
@@ -364,7 +361,9 @@ dpk::main() {
   DPK_STARTED=$(dpk::now)
   DPK_PIDS=() DPK_LINES=() DPK_PIDFILES=() DPK_WATCH=() DPK_STATUS=0
   dpk::check_knobs
-  [[ $DPK_MODE != production || -n ${PROGRAM:-} ]] ||
+  # Split PROGRAM once, before anything starts: a blank one is refused here.
+  read -r -a DPK_PROGRAM <<<"${PROGRAM:-}"
+  [[ $DPK_MODE != production || ${#DPK_PROGRAM[@]} -gt 0 ]] ||
     dpk::die "PROGRAM is empty: set the command to run in the template or with qsub -v PROGRAM=..."
   dpk::prepare
   dpk::read_plan

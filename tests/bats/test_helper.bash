@@ -23,8 +23,9 @@ teardown() {
 
 # PIDs of every live process started by this test's fake PBS (they carry FAKEPBS_HOME).
 job_processes() {
-  local pid
-  for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+  local dir pid
+  for dir in /proc/[0-9]*; do
+    pid=${dir#/proc/}
     [[ $pid == "$$" ]] && continue
     if grep -qzxF "FAKEPBS_HOME=$FAKEPBS_HOME" "/proc/$pid/environ" 2>/dev/null; then
       grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null || echo "$pid"
@@ -55,18 +56,20 @@ submit() {
   run qsub -W block=true -v "$(kit_vars)" "$@" "$KIT/scripts/$template"
 }
 
-# Start a template in the background (qsub -W block=true &); sets JOB_QSUB_PID.
+# Start a template in the background (qsub -W block=true &); sets JOB_QSUB_PID,
+# which the tests wait on.
 submit_background() {
   local template=$1
   shift
   qsub -W block=true -v "$(kit_vars)" "$@" "$KIT/scripts/$template" >"$BATS_TEST_TMPDIR/qsub.out" &
+  # shellcheck disable=SC2034 # read by the .bats files that load this helper
   JOB_QSUB_PID=$!
 }
 
 # The job id printed by submit_background's qsub.
 background_job_id() {
-  local i
-  for i in $(seq 50); do
+  local _
+  for _ in $(seq 50); do
     [[ -s $BATS_TEST_TMPDIR/qsub.out ]] && { head -n 1 "$BATS_TEST_TMPDIR/qsub.out"; return; }
     sleep 0.1
   done

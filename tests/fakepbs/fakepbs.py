@@ -128,7 +128,7 @@ def parse_select(text: str) -> list[dict]:
         count = 1
         if parts and parts[0].isdigit():
             count = int(parts.pop(0))
-        if count < 1 or not parts and count == 0:
+        if count < 1:
             raise ValueError(group)
         chunk: dict = {}
         for part in parts:
