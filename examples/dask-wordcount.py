@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Count words with dask.bag on the job's cluster: the model of a production program.
 
-Connects with Client(scheduler_file=...), counts the words of text files given as globs
+Connects with job_client.connect() (Client(scheduler_file=...) plus the job's TLS
+certificate, see job_client.py), counts the words of text files given as globs
 (default: the running Python's own standard-library sources, always there), shows
 progress, then prints the top K words and the totals. Exit status 0 when done.
 
@@ -71,13 +72,9 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=10, help="how many words to print (default 10)")
     opts = parser.parse_args(argv)
     files = expand(opts.patterns) if opts.patterns else default_files()
-    if not os.path.exists(opts.scheduler_file):
-        raise SystemExit(f"dask-wordcount: no scheduler file {opts.scheduler_file} (start a cluster "
-                         "with qsub scripts/launch-dask-cluster-path.pbs, or pass --scheduler-file)")
+    from job_client import connect  # beside this file: the job's scheduler file and TLS certificate
 
-    from distributed import Client
-
-    with Client(scheduler_file=opts.scheduler_file, timeout="30s") as client:
+    with connect(opts.scheduler_file) as client:
         workers = len(client.scheduler_info(n_workers=-1)["workers"])
         print(f"counting words in {len(files)} files on {workers} workers")
         counts = wordcount(client, files)

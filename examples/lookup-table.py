@@ -37,9 +37,9 @@ def main(argv=None) -> int:
     path = opts.table or "lookup-table-example.txt"
     if not opts.table:
         generate_table(path)
-    from distributed import Client
+    from job_client import connect  # beside this file: the job's scheduler file and TLS certificate
 
-    with Client(scheduler_file=opts.scheduler_file, timeout="30s") as client:
+    with connect(opts.scheduler_file) as client:
         print(client)
         ddf = read_table(client, path)
         print(ddf.head())

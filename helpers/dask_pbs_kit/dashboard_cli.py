@@ -8,6 +8,7 @@ from . import args, schedfile
 from .errors import USAGE, KitError
 
 USAGE_TEXT = """usage: dashboard_url.py [SCHEDULER_FILE] [--wait SECONDS] [--tunnel [LOGIN_HOST]] [--local-port PORT]
+                        [--loopback [--node NODE]]
 
 Print the Dask dashboard URL of the scheduler described by SCHEDULER_FILE
 (default: scheduler.json in the current folder).
@@ -15,10 +16,15 @@ Print the Dask dashboard URL of the scheduler described by SCHEDULER_FILE
   --tunnel [LOGIN_HOST] print the ssh command that forwards the dashboard to this machine,
                         through LOGIN_HOST (default: $PBS_O_HOST, else this host's name)
   --local-port PORT     the port on your laptop (default: the dashboard's port)
+  --loopback            the dashboard listens on its node's loopback only (DASHBOARD=loopback):
+                        print the node's own URL, and a tunnel that ends on the node,
+                        jumping through LOGIN_HOST
+  --node NODE           the scheduler's node name for that tunnel (default: its address)
 exit status: 0 ok, 2 usage, 3 no file, 4 incomplete JSON, 5 not a scheduler file,
              6 no dashboard (bokeh missing)"""
 
-OPTIONS = {"--wait": "value", "--tunnel": "optional", "--local-port": "value"}
+OPTIONS = {"--wait": "value", "--tunnel": "optional", "--local-port": "value",
+           "--loopback": "flag", "--node": "value"}
 
 
 def main(argv=None) -> int:
@@ -30,13 +36,15 @@ def main(argv=None) -> int:
         wait = args.number(opts.get("--wait", "0"), "--wait")
         local = int(args.number(opts.get("--local-port", "0"), "--local-port"))
         info = schedfile.load(path, wait)
+        loopback = "--loopback" in opts
         if "--tunnel" in opts:
             login = opts["--tunnel"] or os.environ.get("PBS_O_HOST") or _hostname()
             port = local or schedfile.dashboard_port(info)
-            print(schedfile.tunnel_command(info, login, local))
+            node = opts.get("--node") or schedfile.split_address(info["address"])[1] if loopback else ""
+            print(schedfile.tunnel_command(info, login, local, node))
             print(f"# then open http://localhost:{port}/status")
         else:
-            print(schedfile.dashboard_url(info))
+            print(schedfile.dashboard_url(info, loopback))
         return 0
     except KitError as exc:
         stream = sys.stdout if exc.code == 0 else sys.stderr

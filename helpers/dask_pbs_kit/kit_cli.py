@@ -4,6 +4,7 @@
             processes, threads and memory limit, walltime left (tab-separated lines)
   env-file  write the job script's environment to a file a pbsdsh task can source
   memory    the per-process --memory-limit for a PBS chunk size
+  tls       make a job's TLS credentials (CA, cluster and client certificates)
 """
 from __future__ import annotations
 
@@ -34,6 +35,14 @@ ENV_USAGE = """usage: kit.py env-file PATH
 
 Write the current environment, less per-node and per-task variables, to PATH (mode 0600)
 as bash that a pbsdsh task sources to get the job script's environment back."""
+
+TLS_USAGE = """usage: kit.py tls FOLDER [--name LABEL] [--walltime SECONDS] [--backend auto|openssl|cryptography]
+
+Make a fresh CA and certificate/key pairs for one job in FOLDER (mode 0700, files 0600):
+ca.pem, cluster.pem/.key (scheduler and workers), client.pem/.key (your Client), and
+client-config.json (the Dask configuration that names them). The CA key is deleted
+once both certificates are signed. They are valid for the walltime plus a day (31 days
+when the walltime is unknown or -1). Uses openssl, else the cryptography package."""
 
 
 def _count(text: str, what: str, minimum: int) -> int:
@@ -92,6 +101,18 @@ def memory(argv: list) -> int:
     return pbs_sizes.memory_per_process(size, processes, reserve)
 
 
+def tls(argv: list) -> None:
+    from . import tls_files
+
+    opts, operands = args.parse(argv, {"--name": "value", "--walltime": "value",
+                                       "--backend": "value"}, TLS_USAGE)
+    if len(operands) != 1:
+        raise KitError(TLS_USAGE, USAGE)
+    walltime = opts.get("--walltime", "-1")
+    days = 31 if walltime == "-1" else -(-int(args.number(walltime, "--walltime")) // 86400) + 1
+    tls_files.create(operands[0], opts.get("--name", "job"), days, opts.get("--backend", "auto"))
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -110,6 +131,8 @@ def main(argv=None) -> int:
             if len(operands) != 1:
                 raise KitError(ENV_USAGE, USAGE)
             envfile.write_env_file(operands[0], os.environ)
+        elif command == "tls":
+            tls(rest)
         else:
             raise KitError(f"unknown command {command!r}\n{__doc__.strip()}", USAGE)
         return 0

@@ -76,13 +76,18 @@ def dashboard_port(info: dict) -> int:
     return port
 
 
-def dashboard_url(info: dict) -> str:
+def dashboard_url(info: dict, loopback: bool = False) -> str:
+    """The URL on the scheduler's address; with loopback, the one the scheduler's node
+    itself (or a tunnel to it) opens."""
     _, host, _ = split_address(info["address"])
-    return f"http://{url_host(host)}:{dashboard_port(info)}/status"
+    return f"http://{'localhost' if loopback else url_host(host)}:{dashboard_port(info)}/status"
 
 
-def tunnel_command(info: dict, login_host: str, local_port: int = 0) -> str:
-    """The ssh command a laptop runs to reach the dashboard through the login node."""
+def tunnel_command(info: dict, login_host: str, local_port: int = 0, node: str = "") -> str:
+    """The ssh command a laptop runs to reach the dashboard through the login node. With
+    node (a dashboard on the node's loopback), the tunnel ends on that node itself."""
     _, host, _ = split_address(info["address"])
     port = dashboard_port(info)
+    if node:
+        return f"ssh -N -L {local_port or port}:localhost:{port} -J {login_host} {node}"
     return f"ssh -N -L {local_port or port}:{url_host(host)}:{port} {login_host}"

@@ -54,6 +54,8 @@ dpk::check_knobs() {
   STOP_TIMEOUT=${STOP_TIMEOUT:-8}
   SCHEDULER_PORT=${SCHEDULER_PORT:-0}
   DASHBOARD_PORT=${DASHBOARD_PORT:-8787}
+  DASHBOARD=${DASHBOARD:-network}
+  TLS=${TLS:-yes}
   EXTRA_SCHEDULER_ARGS=${EXTRA_SCHEDULER_ARGS:-}
   EXTRA_WORKER_ARGS=${EXTRA_WORKER_ARGS:-}
   DPK_PYTHON=${DPK_PYTHON:-python3}
@@ -69,6 +71,10 @@ dpk::check_knobs() {
   done
   [[ $WORKER_ON_SCHEDULER_CHUNK == yes || $WORKER_ON_SCHEDULER_CHUNK == no ]] ||
     dpk::die "WORKER_ON_SCHEDULER_CHUNK=$WORKER_ON_SCHEDULER_CHUNK must be yes or no"
+  [[ $TLS == yes || $TLS == no ]] ||
+    dpk::die "TLS=$TLS must be yes (the default: only your certificates reach the cluster) or no (plain tcp)"
+  [[ $DASHBOARD == network || $DASHBOARD == loopback || $DASHBOARD == off ]] ||
+    dpk::die "DASHBOARD=$DASHBOARD must be network (any host that reaches the node), loopback (the node only: use the printed ssh tunnel) or off"
   [[ -z $INTERFACE || $INTERFACE =~ ^[A-Za-z0-9_.:-]+$ ]] ||
     dpk::die "INTERFACE='$INTERFACE' is not an interface name (e.g. ib0, eth0; empty for Dask's default)"
   command -v "$DPK_PYTHON" >/dev/null ||
@@ -80,7 +86,8 @@ dpk::check_knobs() {
 # ------------------------------------------------------------------ preparation
 
 # Make the job's private log folder and drop a scheduler file left by an earlier job.
-# Globals: LOG_DIR, SCHEDULER_FILE; sets DPK_JOB_SCHEDULER_FILE, DPK_ENV_FILE.
+# Globals: LOG_DIR, SCHEDULER_FILE; sets DPK_JOB_SCHEDULER_FILE, DPK_ENV_FILE and
+# DPK_TLS_CONFIG (the client's TLS file, beside SCHEDULER_FILE).
 dpk::prepare() {
   umask 077
   mkdir -p "$LOG_DIR" || dpk::die "cannot create the log folder $LOG_DIR (set LOG_DIR to a writable folder on shared storage)"
@@ -88,7 +95,8 @@ dpk::prepare() {
   # Workers and the readiness check use this per-job copy only: never a stale file.
   DPK_JOB_SCHEDULER_FILE=$LOG_DIR/scheduler.json
   DPK_ENV_FILE=$LOG_DIR/env.sh
-  rm -f "$SCHEDULER_FILE" "$DPK_JOB_SCHEDULER_FILE"
+  DPK_TLS_CONFIG=${SCHEDULER_FILE%.json}.tls.json
+  rm -f "$SCHEDULER_FILE" "$DPK_TLS_CONFIG" "$DPK_JOB_SCHEDULER_FILE"
   dpk::log "job $PBS_JOBID: logs in $LOG_DIR/"
 }
 
@@ -110,7 +118,7 @@ dpk::read_plan() {
   DPK_EXPECTED=0
   while IFS=$'\t' read -r kind a b c d e f; do
     case $kind in
-      walltime) DPK_WALLTIME_LEFT=$b ;;
+      walltime) DPK_WALLTIME_LIMIT=$a DPK_WALLTIME_LEFT=$b ;;
       scheduler) DPK_SCHED_CHUNK=$a DPK_SCHED_LINE=$b DPK_SCHED_NODE=$c ;;
       worker)
         DPK_W_CHUNK+=("$a") DPK_W_LINE+=("$b") DPK_W_NODE+=("$c")
@@ -119,6 +127,21 @@ dpk::read_plan() {
         ;;
     esac
   done <<<"$plan"
+}
+
+# With TLS=yes, make the job's own CA and certificates in LOG_DIR/tls (0700; the CA key is
+# gone once they are signed) and give this script's later Dask clients (the readiness check,
+# PROGRAM) the client certificate through Dask's configuration. Sets DPK_TLS_DIR (empty: tcp).
+dpk::make_tls() {
+  DPK_TLS_DIR=""
+  [[ $TLS == yes ]] || return 0
+  DPK_TLS_DIR=$LOG_DIR/tls
+  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" tls "$DPK_TLS_DIR" --name "$PBS_JOBID" \
+    --walltime "${DPK_WALLTIME_LIMIT:--1}" || exit 1
+  # No require-encryption here: a PROGRAM may also start a LocalCluster of its own.
+  export DASK_DISTRIBUTED__COMM__TLS__CA_FILE=$DPK_TLS_DIR/ca.pem
+  export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=$DPK_TLS_DIR/client.pem
+  export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=$DPK_TLS_DIR/client.key
 }
 
 # ------------------------------------------------------------------ starting Dask
@@ -133,15 +156,19 @@ dpk::start_task() {
   : >"$log"
   # pbsdsh's own output says when a task fails; keep it beside the log.
   pbsdsh -n "$line" -- /bin/bash "$DPK_LIB_DIR/task.sh" "$DPK_ENV_FILE" "$log" "$pid_file" \
-    "$node" "$INTERFACE" "$WORKER_OMP_THREADS" "$role" "$@" >"$log.pbsdsh" 2>&1 &
+    "$node" "$INTERFACE" "$WORKER_OMP_THREADS" "$DPK_TLS_DIR" "$role" "$@" >"$log.pbsdsh" 2>&1 &
   DPK_PIDS+=("$!") DPK_LINES+=("$line") DPK_PIDFILES+=("$pid_file")
   DPK_WATCH+=(--watch "$role:$chunk:$node:$!:$log")
 }
 
 # Start the scheduler on the first chunk. Sets DPK_SCHED_PID.
 dpk::start_scheduler() {
-  local -a args=(--scheduler-file "$DPK_JOB_SCHEDULER_FILE" --port "$SCHEDULER_PORT"
-    --dashboard-address ":$DASHBOARD_PORT")
+  local -a args=(--scheduler-file "$DPK_JOB_SCHEDULER_FILE" --port "$SCHEDULER_PORT")
+  case $DASHBOARD in
+    network) args+=(--dashboard-address ":$DASHBOARD_PORT") ;;
+    loopback) args+=(--dashboard-address "127.0.0.1:$DASHBOARD_PORT") ;;
+    off) args+=(--no-dashboard) ;;
+  esac
   [[ -n $INTERFACE ]] && args+=(--interface "$INTERFACE")
   local -a extra
   read -r -a extra <<<"$EXTRA_SCHEDULER_ARGS"
@@ -179,29 +206,70 @@ dpk::wait_ready() {
 }
 
 # Copy the per-job scheduler file to SCHEDULER_FILE in one rename: readers see it whole.
-# Sets DPK_PUBLISHED: its content, so that teardown removes the file only if still ours.
+# With TLS the client's configuration goes first, beside it, so that a client that sees
+# the scheduler file finds its certificate. Sets DPK_PUBLISHED and DPK_PUBLISHED_TLS
+# (their contents), so that teardown removes the files only if still ours.
 dpk::publish() {
+  if [[ -n $DPK_TLS_DIR ]]; then
+    DPK_PUBLISHED_TLS=$(cat "$DPK_TLS_DIR/client-config.json")
+    dpk::copy_atomic "$DPK_TLS_DIR/client-config.json" "$DPK_TLS_CONFIG"
+  fi
   DPK_PUBLISHED=$(cat "$DPK_JOB_SCHEDULER_FILE")
-  if ! cp "$DPK_JOB_SCHEDULER_FILE" "$SCHEDULER_FILE.$PBS_JOBID.tmp" ||
-    ! mv -f "$SCHEDULER_FILE.$PBS_JOBID.tmp" "$SCHEDULER_FILE"; then
-    dpk::die "cannot write $SCHEDULER_FILE (set SCHEDULER_FILE to a writable path)"
+  dpk::copy_atomic "$DPK_JOB_SCHEDULER_FILE" "$SCHEDULER_FILE"
+}
+
+# Copy a file in one rename (mode 0600 under the job's umask). Arguments: from to.
+dpk::copy_atomic() {
+  if ! cp "$1" "$2.$PBS_JOBID.tmp" || ! mv -f "$2.$PBS_JOBID.tmp" "$2"; then
+    rm -f "$2.$PBS_JOBID.tmp"
+    dpk::die "cannot write $2 (set SCHEDULER_FILE to a path in a writable folder)"
   fi
 }
 
-# Print where the cluster is and how to reach it.
+# Print where the cluster is and how to reach it (read from the per-job scheduler file:
+# the banner is written before SCHEDULER_FILE is published).
 dpk::banner() {
-  local url address
-  local -a tunnel
-  address=$(sed -n 's/.*"address": *"\([^"]*\)".*/\1/p' "$SCHEDULER_FILE")
-  url=$("$DPK_PYTHON" "$DPK_KIT_DIR/helpers/dashboard_url.py" "$SCHEDULER_FILE" 2>&1) || true
-  mapfile -t tunnel < <("$DPK_PYTHON" "$DPK_KIT_DIR/helpers/dashboard_url.py" "$SCHEDULER_FILE" \
-    --tunnel "${PBS_O_HOST:-LOGIN_NODE}" 2>/dev/null)
+  local address
+  address=$(sed -n 's/.*"address": *"\([^"]*\)".*/\1/p' "$DPK_JOB_SCHEDULER_FILE")
   dpk::log "cluster ready in $(dpk::elapsed "$DPK_STARTED" "$DPK_READY_AT") s: $DPK_EXPECTED workers"
   printf '  scheduler: %s\n' "$address"
-  printf '  dashboard: %s\n' "$url"
-  [[ ${#tunnel[@]} -eq 2 ]] && printf '  tunnel:    %s   (on your laptop, %s)\n' "${tunnel[0]}" "${tunnel[1]#\# }"
-  printf '  connect:   from dask.distributed import Client; client = Client(scheduler_file="%s")\n' "$SCHEDULER_FILE"
+  dpk::banner_dashboard
+  dpk::banner_connect
   printf '  logs:      %s/\n' "$LOG_DIR"
+}
+
+# The dashboard lines of the banner: where it is and the ssh tunnel a laptop runs.
+dpk::banner_dashboard() {
+  local url
+  local -a where=() tunnel
+  if [[ $DASHBOARD == off ]]; then
+    printf '  dashboard: off (DASHBOARD=off)\n'
+    return
+  fi
+  [[ $DASHBOARD == loopback ]] && where=(--loopback --node "$DPK_SCHED_NODE")
+  url=$("$DPK_PYTHON" "$DPK_KIT_DIR/helpers/dashboard_url.py" "$DPK_JOB_SCHEDULER_FILE" "${where[@]}" 2>&1) || true
+  mapfile -t tunnel < <("$DPK_PYTHON" "$DPK_KIT_DIR/helpers/dashboard_url.py" "$DPK_JOB_SCHEDULER_FILE" \
+    --tunnel "${PBS_O_HOST:-LOGIN_NODE}" "${where[@]}" 2>/dev/null)
+  if [[ $DASHBOARD == loopback ]]; then
+    printf '  dashboard: %s on node %s only (DASHBOARD=loopback)\n' "$url" "$DPK_SCHED_NODE"
+  else
+    printf '  dashboard: %s   (plain HTTP, open to anyone who reaches the node; DASHBOARD=loopback keeps it on the node)\n' "$url"
+  fi
+  [[ ${#tunnel[@]} -eq 2 ]] && printf '  tunnel:    %s   (on your laptop, %s)\n' "${tunnel[0]}" "${tunnel[1]#\# }"
+  return 0
+}
+
+# The Python line that connects a client, and what protects the cluster.
+dpk::banner_connect() {
+  if [[ -z $DPK_TLS_DIR ]]; then
+    printf '  connect:   from dask.distributed import Client; client = Client(scheduler_file="%s")\n' "$SCHEDULER_FILE"
+    printf '  security:  none (TLS=no): anyone who can reach node %s can run code on this cluster as you\n' "$DPK_SCHED_NODE"
+    return
+  fi
+  printf '  connect:   from dask.distributed import Client, Security; client = Client(scheduler_file="%s", security=Security(tls_ca_file="%s", tls_client_cert="%s", tls_client_key="%s", require_encryption=True))\n' \
+    "$SCHEDULER_FILE" "$DPK_TLS_DIR/ca.pem" "$DPK_TLS_DIR/client.pem" "$DPK_TLS_DIR/client.key"
+  printf '  security:  TLS with certificates made for this job only (%s/, deleted when the job ends); %s names them for examples/job_client.py\n' \
+    "$DPK_TLS_DIR" "$DPK_TLS_CONFIG"
 }
 
 # Seconds between two dpk::now stamps, one decimal.
@@ -317,12 +385,25 @@ dpk::stop_tasks() {
   [[ ${#killers[@]} -eq 0 ]] || wait "${killers[@]}" 2>/dev/null || true
 }
 
-# Remove what must not outlive the job: the published scheduler file (if still ours).
+# Remove what must not outlive the job: the published files (if still ours).
 dpk::unpublish() {
-  if [[ -n ${DPK_PUBLISHED:-} && -f $SCHEDULER_FILE && $(cat "$SCHEDULER_FILE") == "$DPK_PUBLISHED" ]]; then
-    rm -f "$SCHEDULER_FILE"
+  dpk::remove_if_ours "$SCHEDULER_FILE" "${DPK_PUBLISHED:-}"
+  dpk::remove_if_ours "${DPK_TLS_CONFIG:-}" "${DPK_PUBLISHED_TLS:-}"
+}
+
+# Remove a published file unless another job has replaced it. Arguments: path content.
+dpk::remove_if_ours() {
+  [[ -n $1 ]] || return 0
+  if [[ -n $2 && -f $1 && $(cat "$1") == "$2" ]]; then
+    rm -f "$1"
   fi
-  rm -f "$SCHEDULER_FILE.$PBS_JOBID.tmp"
+  rm -f "$1.$PBS_JOBID.tmp"
+}
+
+# Delete the job's key material once no Dask process uses it.
+dpk::remove_tls() {
+  [[ -n ${DPK_TLS_DIR:-} ]] && rm -rf "$DPK_TLS_DIR"
+  return 0
 }
 
 # EXIT trap: stop the program and the cluster, whatever ended the script.
@@ -335,6 +416,7 @@ dpk::on_exit() {
   fi
   dpk::unpublish
   dpk::stop_cluster
+  dpk::remove_tls
   if [[ -n ${DPK_PROGRAM_END:-} ]]; then
     dpk::log "cluster stopped $(dpk::elapsed "$DPK_PROGRAM_END" "$(dpk::now)") s after the program ended; exit status $status"
   else
@@ -369,14 +451,18 @@ dpk::main() {
   dpk::read_plan
   dpk::write_env
   trap dpk::on_exit EXIT
+  dpk::make_tls
   trap 'dpk::on_signal TERM' TERM
   trap 'dpk::on_signal INT' INT
   trap 'dpk::on_signal HUP' HUP
   dpk::start_scheduler
   dpk::start_workers
   dpk::wait_ready
+  # Also in a file, whole before scheduler.json appears: PBS shows the job's output
+  # only when the job has ended.
+  dpk::banner >"$LOG_DIR/cluster-info.txt"
   dpk::publish
-  dpk::banner
+  cat "$LOG_DIR/cluster-info.txt"
   if [[ $DPK_MODE == production ]]; then
     dpk::run_program
   else

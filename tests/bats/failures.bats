@@ -58,3 +58,17 @@ load test_helper
   run job_output dask-cluster-procs
   [[ $output == *"512mb per chunk less a reserve of 10% leaves"*"for each of 4 worker processes"* ]]
 }
+
+@test "a TLS or DASHBOARD value the kit does not know is refused before anything starts" {
+  submit launch-dask-cluster-path.pbs -l select=2:ncpus=1:mem=1gb -v TLS=maybe
+  [ "$status" -eq 1 ]
+  run job_output dask-cluster-path
+  [[ $output == *"TLS=maybe must be yes (the default: only your certificates reach the cluster) or no (plain tcp)"* ]]
+  rm -f dask-cluster-path.o*
+  submit launch-dask-cluster-path.pbs -l select=2:ncpus=1:mem=1gb -v DASHBOARD=public
+  [ "$status" -eq 1 ]
+  run job_output dask-cluster-path
+  [[ $output == *"DASHBOARD=public must be network"* ]]
+  [ ! -e dask-logs ]
+  assert_no_job_processes
+}

@@ -58,7 +58,7 @@ PY
   submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM="python3 show.py"
   [ "$status" -eq 0 ]
   run job_output dask-wordcount
-  [[ $output =~ address\ tcp://127\.0\.0\.1:[0-9]{4,5} ]]
+  [[ $output =~ address\ tls://127\.0\.0\.1:[0-9]{4,5} ]]
   [[ $output != *"tcp://127.0.0.1:1"$'\n'* ]]
   [ ! -e scheduler.json ]
 }

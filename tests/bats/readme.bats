@@ -35,7 +35,7 @@ load test_helper
   run .venv/bin/python examples/lookup-table.py
   echo "$output"
   [ "$status" -eq 0 ]
-  [[ $output == *"<Client: 'tcp://127.0.0.1:"*"processes=2"* ]]
+  [[ $output == *"<Client: 'tls://127.0.0.1:"*"processes=2"* ]]
   [[ $output == *"940.0"* ]]
   [[ $output == *"200 rows, 12 columns"* ]]
   run python3 helpers/dashboard_url.py scheduler.json --tunnel me@login1.cluster

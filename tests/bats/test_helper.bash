@@ -76,12 +76,14 @@ background_job_id() {
   return 1
 }
 
-# Run Python code against the job's cluster with a real Client (code gets `client`).
+# Run Python code against the job's cluster with a real Client (code gets `client`),
+# connected as a user would: examples/job_client.py, with the job's TLS certificate.
 with_client() {
   "$PY" - "$1" <<'PYEOF'
-import sys
-from distributed import Client
-client = Client(scheduler_file="scheduler.json", timeout="20s")
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["KIT"], "examples"))
+from job_client import connect
+client = connect("scheduler.json", timeout="20s")
 exec(sys.argv[1])
 client.close()
 PYEOF

@@ -8,6 +8,8 @@ from distributed import Client, LocalCluster
 
 from conftest import KIT
 
+sys.path.insert(0, str(KIT / "examples"))  # the examples import job_client from beside them
+
 
 def load(name):
     spec = importlib.util.spec_from_file_location(name.replace("-", "_"), KIT / "examples" / f"{name}.py")

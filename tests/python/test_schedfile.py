@@ -109,3 +109,14 @@ def test_wait_gives_up_with_the_missing_file_error(tmp_path):
     with pytest.raises(KitError) as err:
         schedfile.load(str(tmp_path / "none.json"), wait=0.3)
     assert err.value.code == MISSING
+
+
+def test_loopback_dashboard_url_and_tunnel_end_on_the_node(tmp_path, capsys):
+    path = write(tmp_path, {"type": "Scheduler", "address": "tls://10.0.0.5:8786", "services": {"dashboard": 8790}})
+    assert dashboard_cli.main([path, "--loopback"]) == 0
+    assert capsys.readouterr().out == "http://localhost:8790/status\n"
+    assert dashboard_cli.main([path, "--tunnel", "me@login1", "--loopback", "--node", "node07"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "ssh -N -L 8790:localhost:8790 -J me@login1 node07", "# then open http://localhost:8790/status"]
+    assert dashboard_cli.main([path, "--loopback", "--tunnel", "login1"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "ssh -N -L 8790:localhost:8790 -J login1 10.0.0.5"
