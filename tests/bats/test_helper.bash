@@ -19,6 +19,10 @@ teardown() {
   if [[ -n $left ]]; then
     kill -KILL $left 2>/dev/null || true
   fi
+  # Namespaces of FAKEPBS_NETNS=1 jobs that a failed test left (none when all went well).
+  if [[ -n ${FAKEPBS_NETNS:-} ]]; then
+    "$PY" "$KIT/tests/fakepbs/fakepbs.py" _netns_clean >&2 || true
+  fi
 }
 
 # PIDs of every live process started by this test's fake PBS (they carry FAKEPBS_HOME).

@@ -6,7 +6,8 @@ OpenPBS (src/cmds/qsub.c, pbsdsh.c, src/resmom/): see ../../README.md, "The fake
 State lives under $FAKEPBS_HOME (default /tmp/fakepbs-<uid>): jobs/<seq>/ holds the
 job's attributes (job.json), spooled script, node file, output spool and task registry.
 Settings for tests: FAKEPBS_KILL_DELAY (s between SIGTERM and SIGKILL, default 10),
-FAKEPBS_POLL (MoM's limit-check period, default 0.2 s), FAKEPBS_SERVER (default fakepbs).
+FAKEPBS_POLL (MoM's limit-check period, default 0.2 s), FAKEPBS_SERVER (default fakepbs),
+FAKEPBS_NETNS=1 (each node its own network namespace with an ib0: see netns.py).
 """
 from __future__ import annotations
 
@@ -319,6 +320,12 @@ def qsub(argv: list[str]) -> int:
         workdir = os.getcwd()
     env_vars = job_variable_list(opts, workdir)
     nodes = [f"node{i:02d}" for i in range(len(chunks))]
+    network = None
+    if netns_module().wanted():
+        try:
+            network = netns_module().plan(str(home()), seq, nodes)
+        except netns_module().NetnsError as exc:
+            raise PBSError(f"qsub: {exc}", 1) from None
     job = {
         "id": jobid,
         "seq": seq,
@@ -339,6 +346,7 @@ def qsub(argv: list[str]) -> int:
         "poll": float(os.environ.get("FAKEPBS_POLL", "0.2")),
         "python": sys.executable,
         "home": str(home()),
+        "netns": network,
     }
     save_job(jdir, job)
     mom = subprocess.Popen(
@@ -436,6 +444,21 @@ def nodefile_lines(job: dict) -> list[int]:
     return lines
 
 
+def netns_module():
+    """netns.py, loaded only by jobs that ask for namespaces (FAKEPBS_NETNS=1)."""
+    sys.path.insert(0, str(HERE))
+    import netns
+
+    return netns
+
+
+def on_node(job: dict, host: int) -> list:
+    """The words that make a program run on node host: nothing on loopback."""
+    if not job.get("netns"):
+        return []
+    return netns_module().exec_prefix(job["netns"], host, job["nodes"][host])
+
+
 def signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -476,11 +499,18 @@ def mom(jdir_text: str) -> int:
     if job["join"] == "eo":
         spool_o = spool_e
     script = jdir / "script.SC"
+    if job.get("netns"):
+        try:
+            netns_module().up(job["netns"])
+        except netns_module().NetnsError as exc:
+            spool_e.write(f"=>> PBS: job failed to start: {exc}\n".encode())
+            finish_job(jdir, job, -1, spool_o, spool_e)  # JOB_EXEC_FAIL1
+            return 0
     start = time.time()
     job.update(state="R", stime=start)
     save_job(jdir, job)
     shell = subprocess.Popen(
-        ["/bin/bash", str(script)], cwd=env["HOME"], env=env,
+        [*on_node(job, 0), "/bin/bash", str(script)], cwd=env["HOME"], env=env,
         stdin=subprocess.DEVNULL, stdout=spool_o, stderr=spool_e, start_new_session=True,
     )
     job["shell_pid"] = shell.pid
@@ -543,6 +573,8 @@ def finish_job(jdir: Path, job: dict, exit_status: int, spool_o, spool_e) -> Non
         copy_output(jdir / "spool.e", job["error"])
     for index in range(len(job["nodes"])):
         remove_tree(node_tmpdir(job, index))
+    if job.get("netns"):
+        netns_module().down(job["netns"])
     for path in (jdir / "tasks").glob("*.json"):
         path.unlink(missing_ok=True)
     for name in ("nodefile", "spool.o", "spool.e", "script.SC", "delete"):
@@ -658,7 +690,7 @@ def spawn_task(jdir: Path, job: dict, host: int, program: list[str]) -> subproce
     err = out if job["join"] == "oe" else open(jdir / ("spool.o" if job["join"] == "eo" else "spool.e"), "ab")
     try:
         proc = subprocess.Popen(
-            program, cwd=env["HOME"], env=env, stdin=subprocess.DEVNULL, stdout=out,
+            [*on_node(job, host), *program], cwd=env["HOME"], env=env, stdin=subprocess.DEVNULL, stdout=out,
             stderr=err, start_new_session=True, umask=0o077, close_fds=True,
         )
     except OSError:
@@ -842,6 +874,10 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[0] == "_mom":
         return mom(argv[1])
+    if argv[0] == "_netns_clean":  # tests' safety net: this FAKEPBS_HOME's namespaces
+        for name in netns_module().clean_all(str(home())):
+            print(f"fakepbs: removed {name}")
+        return 0
     command = COMMANDS.get(argv[0])
     if command is None:
         print(f"fakepbs: unknown command {argv[0]}", file=sys.stderr)

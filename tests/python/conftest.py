@@ -56,6 +56,9 @@ def fakepbs(tmp_path, monkeypatch):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    import netns  # a failed test must not leave namespaces behind either
+
+    netns.clean_all(str(home))
 
 
 def job_processes(home: Path) -> list:

@@ -215,3 +215,112 @@ ls -d "$TMPDIR" > "$PBS_O_WORKDIR/tmpdir"
     assert tmpdir and not os.path.exists(tmpdir)
     assert list((fakepbs / "tmp").iterdir()) == []
     assert sorted(p.name for p in (fakepbs / "jobs" / "1").iterdir()) == ["job.json", "tasks", "taskseq"]
+
+
+# ---------------------------------------------------------------- FAKEPBS_NETNS=1
+
+def netns_possible() -> bool:
+    import netns
+
+    try:
+        netns.ip_command()
+    except netns.NetnsError:
+        return False
+    return True
+
+
+needs_netns = pytest.mark.skipif(not netns_possible(), reason="needs root and ip (network namespaces)")
+
+
+def namespaces_and_links(home) -> list:
+    import netns
+
+    tag = netns.tag_of(str(home))
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return [line for line in (listed + links).splitlines() if f"fpbs-{tag}-" in line or f"fpl{tag}" in line]
+
+
+@needs_netns
+def test_netns_each_node_has_its_own_ib0_address_and_host_name(fakepbs, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKEPBS_NETNS", "1")
+    s = script(tmp_path / "job.pbs",
+               "echo \"script $(hostname) $(ls /sys/class/net | tr '\\n' ' ')\"\n"
+               "pbsdsh -- /bin/sh -c 'echo \"task $PBS_NODENUM $(hostname) "
+               "$(ls /sys/class/net | tr \"\\n\" \" \")$(ip -4 -o addr show dev ib0 | "
+               "sed \"s/.*inet \\([0-9./]*\\).*/\\1/\")\"'\n"
+               "sleep 1\n",
+               "#PBS -l select=3:ncpus=1\n")
+    done = qsub(s, block=False, check_rc=0)
+    # While the job runs, this (the login node) reaches the nodes but holds none of their addresses.
+    spool = fakepbs / "jobs" / "1" / "spool.o"
+    for _ in range(100):
+        if "task 2" in (spool.read_text() if spool.exists() else ""):
+            break
+        time.sleep(0.05)
+    mine = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    job = json.loads((fakepbs / "jobs" / "1" / "job.json").read_text())
+    subnet = job["netns"]["subnet"]
+    assert f"{subnet}.254/24" in mine and f"{subnet}.1/" not in mine
+    subprocess.run(["qstat"], check=True, capture_output=True)
+    wait_finished(fakepbs, done.stdout.strip())
+    lines = sorted(output(tmp_path).splitlines())
+    assert lines == ["script node00 ib0 lo ",
+                     f"task 0 node00 ib0 lo {subnet}.1/24",
+                     f"task 1 node01 ib0 lo {subnet}.2/24",
+                     f"task 2 node02 ib0 lo {subnet}.3/24"]
+    assert namespaces_and_links(fakepbs) == []
+
+
+def wait_finished(home, jobid: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = json.loads((home / "jobs" / jobid.split(".")[0] / "job.json").read_text())
+        if job["state"] == "F":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{jobid} still running after {timeout} s")
+
+
+@needs_netns
+def test_netns_nodes_reach_each_other_and_qdel_removes_every_namespace(fakepbs, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKEPBS_NETNS", "1")
+    # node01 serves on its ib0; node00 connects to it by address; then the job waits for qdel.
+    s = script(tmp_path / "job.pbs", """
+pbsdsh -n 1 -- /usr/bin/python3 -c 'import socket; s = socket.create_server(("0.0.0.0", 7777)); c, _ = s.accept(); c.sendall(b"from " + socket.gethostname().encode())' &
+sleep 1
+python3 -c 'import socket, sys; print(socket.create_connection((sys.argv[1], 7777), timeout=5).recv(100).decode())' "$(ip -4 -o addr show dev ib0 | sed 's/.*inet \\([0-9.]*\\).*/\\1/' | sed 's/\\.1$/.2/')"
+wait
+sleep 60
+""", "#PBS -l select=2:ncpus=1\n")
+    jobid = qsub(s, block=False, check_rc=0).stdout.strip()
+    deadline = time.monotonic() + 30
+    spool = fakepbs / "jobs" / "1" / "spool.o"
+    while "from node01" not in (spool.read_text() if spool.exists() else ""):
+        assert time.monotonic() < deadline, f"node00 never reached node01: {list(tmp_path.glob('job.pbs.*'))}"
+        time.sleep(0.05)
+    assert len(namespaces_and_links(fakepbs)) == 4  # switch, two nodes, the login link
+    subprocess.run(["qdel", jobid], check=True)
+    wait_finished(fakepbs, jobid)
+    assert namespaces_and_links(fakepbs) == []
+
+
+@needs_netns
+def test_netns_clean_removes_what_a_killed_mom_left(fakepbs, tmp_path):
+    import netns
+
+    spec = netns.plan(str(fakepbs), 99, ["node00", "node01"])
+    netns.up(spec)
+    assert len(namespaces_and_links(fakepbs)) == 4
+    done = subprocess.run([os.environ.get("PYTHON", "python3"), str(Path(netns.__file__).with_name("fakepbs.py")),
+                           "_netns_clean"], capture_output=True, text=True)
+    assert done.returncode == 0 and "removed" in done.stdout
+    assert namespaces_and_links(fakepbs) == []
+
+
+def test_netns_without_root_is_refused_with_what_to_do(fakepbs, tmp_path, monkeypatch):
+    import netns
+
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    with pytest.raises(netns.NetnsError, match="needs root and iproute2's ip .*unset FAKEPBS_NETNS"):
+        netns.plan(str(fakepbs), 1, ["node00"])

@@ -1,0 +1,103 @@
+#!/usr/bin/env bats
+# The kit on the fake PBS's network mode: each node its own namespace with an ib0, as on a
+# cluster. INTERFACE keeps its default (ib0); the client runs here, as on a login node.
+
+load test_helper
+
+setup_file() {
+  if [[ $(id -u) -ne 0 ]] || ! PATH=$PATH:/usr/sbin:/sbin command -v ip >/dev/null; then
+    skip "needs root and ip (network namespaces)"
+  fi
+}
+
+# What the -v list of every test here passes: the default interface, ib0.
+netns_vars() {
+  echo "DASK_PBS_KIT=$KIT,PYTHON_PREFIX=$KIT/.venv,READY_TIMEOUT=60"
+}
+
+# The job's namespaces and login link still present (empty when all are gone).
+leftover_namespaces() {
+  local tag
+  tag=$("$PY" -c 'import sys; sys.path.insert(0, sys.argv[1]); import netns; print(netns.tag_of(sys.argv[2]))' \
+    "$KIT/tests/fakepbs" "$FAKEPBS_HOME")
+  { ip netns list; ip -o link show; } | grep -e "fpbs-$tag-" -e "fpl$tag" || true
+}
+
+@test "netns: scheduler and workers on each node's ib0 address; the dashboard URL works from the login node" {
+  export FAKEPBS_NETNS=1
+  qsub -W block=true -v "$(netns_vars)" -l select=3:ncpus=1:mem=1gb -l walltime=00:03:00 \
+    "$KIT/scripts/launch-dask-cluster-path.pbs" >qsub.out &
+  JOB_QSUB_PID=$!
+  run "$PY" "$KIT/helpers/dashboard_url.py" --wait 90 scheduler.json
+  [ "$status" -eq 0 ]
+  url=$output
+  subnet=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["netns"]["subnet"])' "$FAKEPBS_HOME/jobs/1/job.json")
+  [ "$url" = "http://$subnet.1:8787/status" ]
+  run "$PY" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).status)' "$url"
+  [ "$output" = 200 ]
+  run with_client '
+import socket
+print("scheduler", client.scheduler.address.rsplit(":", 1)[0])
+for addr, host in sorted(client.run(socket.gethostname).items()):
+    print("worker", addr.rsplit(":", 1)[0], host)
+print("scheduler host", client.run_on_scheduler(socket.gethostname))
+'
+  echo "$output"
+  [ "${lines[0]}" = "scheduler tls://$subnet.1" ]
+  [ "${lines[1]}" = "worker tls://$subnet.2 node01" ]
+  [ "${lines[2]}" = "worker tls://$subnet.3 node02" ]
+  [ "${lines[3]}" = "scheduler host node00" ]
+  qdel "$(head -n 1 qsub.out)"
+  wait "$JOB_QSUB_PID"
+  [ -z "$(leftover_namespaces)" ]
+  assert_no_job_processes
+}
+
+@test "netns: DASHBOARD=loopback is unreachable from the login node but serves on the node" {
+  export FAKEPBS_NETNS=1
+  qsub -W block=true -v "$(netns_vars),DASHBOARD=loopback" -l select=2:ncpus=1:mem=1gb -l walltime=00:03:00 \
+    "$KIT/scripts/launch-dask-cluster-path.pbs" >qsub.out &
+  JOB_QSUB_PID=$!
+  "$PY" "$KIT/helpers/dashboard_url.py" --wait 90 scheduler.json
+  port=$("$PY" -c 'import json; print(json.load(open("scheduler.json"))["services"]["dashboard"])')
+  host=$("$PY" -c 'import json; print(json.load(open("scheduler.json"))["address"].split("//")[1].rsplit(":", 1)[0])')
+  run "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "http://$host:$port/status"
+  [ "$status" -ne 0 ]
+  [[ $output == *"Connection refused"* ]]
+  # Fetched by the scheduler's own event loop (a blocking fetch would wait on itself).
+  run with_client "
+async def fetch():
+    from tornado.httpclient import AsyncHTTPClient
+    return (await AsyncHTTPClient().fetch('http://127.0.0.1:$port/status')).code
+print('on the node', client.run_on_scheduler(fetch))
+"
+  [ "$output" = "on the node 200" ]
+  qdel "$(head -n 1 qsub.out)"
+  wait "$JOB_QSUB_PID"
+  [ -z "$(leftover_namespaces)" ]
+}
+
+@test "netns: an interface the nodes lack fails at once, listing the nodes' own interfaces" {
+  export FAKEPBS_NETNS=1
+  run qsub -W block=true -v "$(netns_vars),INTERFACE=eth0" -l select=2:ncpus=1:mem=1gb -l walltime=00:02:00 \
+    "$KIT/scripts/launch-dask-cluster-path.pbs"
+  [ "$status" -eq 1 ]
+  run job_output dask-cluster-path
+  [[ $output == *"interface 'eth0' does not exist on node node00 (it has: ib0 lo)"* ]]
+  [ -z "$(leftover_namespaces)" ]
+  assert_no_job_processes
+}
+
+@test "netns: the README's FAKEPBS_NETNS command works as written, with the default INTERFACE=ib0" {
+  cp -r "$KIT/scripts" "$KIT/helpers" "$KIT/examples" .
+  ln -s "$KIT/.venv" .venv
+  mkdir -p tests && ln -s "$KIT/tests/fakepbs" tests/fakepbs
+  export PATH="$PWD/tests/fakepbs/bin:$PATH" FAKEPBS_NETNS=1
+  run qsub -W block=true -l select=3:ncpus=2:mem=4gb scripts/launch-dask-wordcount.pbs
+  [ "$status" -eq 0 ]
+  run job_output dask-wordcount
+  [[ $output =~ scheduler:\ tls://10\.99\.[0-9]+\.1: ]]
+  [[ $output == *"total: "*" words"* ]]
+  [ -z "$(leftover_namespaces)" ]
+  assert_no_job_processes
+}
