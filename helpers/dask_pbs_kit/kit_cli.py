@@ -41,8 +41,9 @@ TLS_USAGE = """usage: kit.py tls FOLDER [--name LABEL] [--walltime SECONDS] [--b
 Make a fresh CA and certificate/key pairs for one job in FOLDER (mode 0700, files 0600):
 ca.pem, cluster.pem/.key (scheduler and workers), client.pem/.key (your Client), and
 client-config.json (the Dask configuration that names them). The CA key is deleted
-once both certificates are signed. They are valid for the walltime plus a day (31 days
-when the walltime is unknown or -1). Uses openssl, else the cryptography package."""
+once both certificates are signed. They are valid for the walltime plus a day, or a
+year without --walltime (the job starts this before it knows its walltime, and deletes
+the keys when it ends). Uses openssl, else the cryptography package."""
 
 
 def _count(text: str, what: str, minimum: int) -> int:
@@ -109,7 +110,7 @@ def tls(argv: list) -> None:
     if len(operands) != 1:
         raise KitError(TLS_USAGE, USAGE)
     walltime = opts.get("--walltime", "-1")
-    days = 31 if walltime == "-1" else -(-int(args.number(walltime, "--walltime")) // 86400) + 1
+    days = 366 if walltime == "-1" else -(-int(args.number(walltime, "--walltime")) // 86400) + 1
     tls_files.create(operands[0], opts.get("--name", "job"), days, opts.get("--backend", "auto"))
 
 

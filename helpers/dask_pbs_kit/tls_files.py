@@ -99,32 +99,51 @@ def _has_cryptography() -> bool:
     return True
 
 
-def _openssl(*argv: str) -> None:
-    done = subprocess.run(["openssl", *argv], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise KitError(f"openssl {argv[0]} failed making the job's TLS certificates:\n"
-                       f"{done.stderr.strip()}\n(set TLS=no to run without encryption)")
+def _openssl(*argv: str) -> subprocess.Popen:
+    return subprocess.Popen(["openssl", *argv], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(*procs: subprocess.Popen) -> list:
+    """Wait for openssl runs; the error text of each that failed."""
+    return [err.strip() for proc in procs
+            for _, err in [proc.communicate()] if proc.returncode != 0]
+
+
+def _fail(errors: list) -> None:
+    if errors:
+        raise KitError("openssl failed making the job's TLS certificates:\n"
+                       + "\n".join(errors) + "\n(set TLS=no to run without encryption)")
 
 
 def _with_openssl(folder: str, label: str, days: int) -> None:
     join = lambda name: os.path.join(folder, name)  # noqa: E731
     config, ca_key = join("openssl.cnf"), join("ca.key")
+    leaves = ((CLUSTER_CERT, CLUSTER_KEY, "cluster"), (CLIENT_CERT, CLIENT_KEY, "client"))
     with open(config, "w", encoding="utf-8") as fh:
         fh.write(OPENSSL_CONFIG)
     try:
-        _openssl("req", "-x509", "-config", config, "-extensions", "ca_ext", *EC_KEY,
-                 "-keyout", ca_key, "-out", join(CA), "-days", str(days),
-                 "-subj", f"/CN=dask-pbs-kit CA of {label}")
-        for cert, key, role in ((CLUSTER_CERT, CLUSTER_KEY, "cluster"),
-                                (CLIENT_CERT, CLIENT_KEY, "client")):
-            csr = join(role + ".csr")
-            _openssl("req", "-new", "-config", config, *EC_KEY, "-keyout", join(key),
-                     "-out", csr, "-subj", f"/CN=dask-pbs-kit {role} of {label}")
-            _openssl("x509", "-req", "-in", csr, "-CA", join(CA), "-CAkey", ca_key,
-                     "-set_serial", f"0x{secrets.token_hex(16)}", "-days", str(days),
-                     "-extfile", config, "-extensions", "leaf_ext", "-out", join(cert))
-            os.remove(csr)
+        _fail(_finish(_openssl(
+            "req", "-x509", "-config", config, "-extensions", "ca_ext", *EC_KEY,
+            "-keyout", ca_key, "-out", join(CA), "-days", str(days),
+            "-subj", f"/CN=dask-pbs-kit CA of {label}")))
+        # OpenSSL 3: key, request and signature in one run per leaf, both at once.
+        errors = _finish(*[_openssl(
+            "req", "-x509", "-config", config, "-extensions", "leaf_ext", "-CA", join(CA),
+            "-CAkey", ca_key, *EC_KEY, "-keyout", join(key), "-out", join(cert),
+            "-days", str(days), "-set_serial", f"0x{secrets.token_hex(16)}",
+            "-subj", f"/CN=dask-pbs-kit {role} of {label}") for cert, key, role in leaves])
+        if errors:  # OpenSSL 1.1 has no `req -CA`: a request, then its signature
+            for cert, key, role in leaves:
+                csr = join(role + ".csr")
+                _fail(_finish(_openssl(
+                    "req", "-new", "-config", config, *EC_KEY, "-keyout", join(key),
+                    "-out", csr, "-subj", f"/CN=dask-pbs-kit {role} of {label}")))
+                _fail(_finish(_openssl(
+                    "x509", "-req", "-in", csr, "-CA", join(CA), "-CAkey", ca_key,
+                    "-set_serial", f"0x{secrets.token_hex(16)}", "-days", str(days),
+                    "-extfile", config, "-extensions", "leaf_ext", "-out", join(cert))))
+                os.remove(csr)
     finally:
         for leftover in (ca_key, config):
             if os.path.exists(leftover):

@@ -86,8 +86,8 @@ dpk::check_knobs() {
 # ------------------------------------------------------------------ preparation
 
 # Make the job's private log folder and drop a scheduler file left by an earlier job.
-# Globals: LOG_DIR, SCHEDULER_FILE; sets DPK_JOB_SCHEDULER_FILE, DPK_ENV_FILE and
-# DPK_TLS_CONFIG (the client's TLS file, beside SCHEDULER_FILE).
+# Globals: LOG_DIR, SCHEDULER_FILE; sets DPK_JOB_SCHEDULER_FILE, DPK_ENV_FILE, DPK_ROLL (the
+# scheduler's list of registered workers) and DPK_TLS_CONFIG (the client's TLS file).
 dpk::prepare() {
   umask 077
   mkdir -p "$LOG_DIR" || dpk::die "cannot create the log folder $LOG_DIR (set LOG_DIR to a writable folder on shared storage)"
@@ -95,8 +95,9 @@ dpk::prepare() {
   # Workers and the readiness check use this per-job copy only: never a stale file.
   DPK_JOB_SCHEDULER_FILE=$LOG_DIR/scheduler.json
   DPK_ENV_FILE=$LOG_DIR/env.sh
+  DPK_ROLL=$LOG_DIR/workers.txt
   DPK_TLS_CONFIG=${SCHEDULER_FILE%.json}.tls.json
-  rm -f "$SCHEDULER_FILE" "$DPK_TLS_CONFIG" "$DPK_JOB_SCHEDULER_FILE"
+  rm -f "$SCHEDULER_FILE" "$DPK_TLS_CONFIG" "$DPK_JOB_SCHEDULER_FILE" "$DPK_ROLL"
   dpk::log "job $PBS_JOBID: logs in $LOG_DIR/"
 }
 
@@ -106,19 +107,27 @@ dpk::write_env() {
     dpk::die "cannot write the task environment $DPK_ENV_FILE"
 }
 
-# Read the launch plan from the helper (select statement, node file, walltime).
-# Sets DPK_WALLTIME_LEFT, DPK_SCHED_* and the DPK_W_* arrays (one entry per worker chunk).
+# Start computing the launch plan (select statement, node file, walltime) in the
+# background, into LOG_DIR/plan.tsv. Sets DPK_PLAN_PID.
+dpk::start_plan() {
+  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" plan --nworkers "$NWORKERS" \
+    --nthreads "$NTHREADS" --reserve "$MEMORY_RESERVE" \
+    --worker-on-scheduler-chunk "$WORKER_ON_SCHEDULER_CHUNK" --started "$DPK_STARTED" \
+    >"$LOG_DIR/plan.tsv" &
+  DPK_PLAN_PID=$!
+}
+
+# Wait for the plan and read it (the helper has said what is wrong if it failed).
+# Sets DPK_WALLTIME_*, DPK_SCHED_* and the DPK_W_* arrays (one entry per worker chunk).
 dpk::read_plan() {
   local plan kind a b c d e f
-  plan=$("$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" plan --nworkers "$NWORKERS" \
-    --nthreads "$NTHREADS" --reserve "$MEMORY_RESERVE" \
-    --worker-on-scheduler-chunk "$WORKER_ON_SCHEDULER_CHUNK" --started "$DPK_STARTED") ||
-    exit 1
+  wait "$DPK_PLAN_PID" || exit 1
+  plan=$(<"$LOG_DIR/plan.tsv")
   DPK_W_CHUNK=() DPK_W_LINE=() DPK_W_NODE=() DPK_W_NPROC=() DPK_W_THREADS=() DPK_W_MEMORY=()
   DPK_EXPECTED=0
   while IFS=$'\t' read -r kind a b c d e f; do
     case $kind in
-      walltime) DPK_WALLTIME_LIMIT=$a DPK_WALLTIME_LEFT=$b ;;
+      walltime) DPK_WALLTIME_LEFT=$b ;;
       scheduler) DPK_SCHED_CHUNK=$a DPK_SCHED_LINE=$b DPK_SCHED_NODE=$c ;;
       worker)
         DPK_W_CHUNK+=("$a") DPK_W_LINE+=("$b") DPK_W_NODE+=("$c")
@@ -129,15 +138,23 @@ dpk::read_plan() {
   done <<<"$plan"
 }
 
-# With TLS=yes, make the job's own CA and certificates in LOG_DIR/tls (0700; the CA key is
-# gone once they are signed) and give this script's later Dask clients (the readiness check,
-# PROGRAM) the client certificate through Dask's configuration. Sets DPK_TLS_DIR (empty: tcp).
-dpk::make_tls() {
-  DPK_TLS_DIR=""
+# With TLS=yes, start making the job's own CA and certificates in LOG_DIR/tls (0700; the
+# CA key is gone once they are signed), in the background while the plan is read.
+# Sets DPK_TLS_DIR (empty: tcp) and DPK_TLS_PID.
+dpk::start_tls() {
+  DPK_TLS_DIR="" DPK_TLS_PID=""
   [[ $TLS == yes ]] || return 0
   DPK_TLS_DIR=$LOG_DIR/tls
-  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" tls "$DPK_TLS_DIR" --name "$PBS_JOBID" \
-    --walltime "${DPK_WALLTIME_LIMIT:--1}" || exit 1
+  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" tls "$DPK_TLS_DIR" --name "$PBS_JOBID" &
+  DPK_TLS_PID=$!
+}
+
+# Wait for the certificates, and give this script's later Dask clients (PROGRAM) the
+# client certificate through Dask's configuration (after write_env: not for the tasks).
+dpk::finish_tls() {
+  [[ -n $DPK_TLS_PID ]] || return 0
+  wait "$DPK_TLS_PID" || exit 1
+  DPK_TLS_PID=""
   # No require-encryption here: a PROGRAM may also start a LocalCluster of its own.
   export DASK_DISTRIBUTED__COMM__TLS__CA_FILE=$DPK_TLS_DIR/ca.pem
   export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=$DPK_TLS_DIR/client.pem
@@ -163,7 +180,9 @@ dpk::start_task() {
 
 # Start the scheduler on the first chunk. Sets DPK_SCHED_PID.
 dpk::start_scheduler() {
-  local -a args=(--scheduler-file "$DPK_JOB_SCHEDULER_FILE" --port "$SCHEDULER_PORT")
+  # roll_call.py keeps the registered workers' names in DPK_ROLL (see dpk::wait_ready).
+  local -a args=(--scheduler-file "$DPK_JOB_SCHEDULER_FILE" --port "$SCHEDULER_PORT"
+    --preload "$DPK_LIB_DIR/roll_call.py" --dpk-roll "$DPK_ROLL")
   case $DASHBOARD in
     network) args+=(--dashboard-address ":$DASHBOARD_PORT") ;;
     loopback) args+=(--dashboard-address "127.0.0.1:$DASHBOARD_PORT") ;;
@@ -199,7 +218,7 @@ dpk::start_workers() {
 dpk::wait_ready() {
   local status=0
   "$DPK_PYTHON" "$DPK_LIB_DIR/wait_ready.py" --scheduler-file "$DPK_JOB_SCHEDULER_FILE" \
-    --workers "$DPK_EXPECTED" --timeout "$READY_TIMEOUT" "${DPK_WATCH[@]}" &
+    --roll "$DPK_ROLL" --workers "$DPK_EXPECTED" --timeout "$READY_TIMEOUT" "${DPK_WATCH[@]}" &
   wait "$!" || status=$?
   [[ $status -eq 0 ]] || dpk::die "the cluster did not start (logs in $LOG_DIR/)"
   DPK_READY_AT=$(dpk::now)
@@ -272,9 +291,9 @@ dpk::banner_connect() {
     "$DPK_TLS_DIR" "$DPK_TLS_CONFIG"
 }
 
-# Seconds between two dpk::now stamps, one decimal.
+# Seconds between two dpk::now stamps, two decimals.
 dpk::elapsed() {
-  awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'
+  awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'
 }
 
 # ------------------------------------------------------------------ holding or running
@@ -416,6 +435,7 @@ dpk::on_exit() {
   fi
   dpk::unpublish
   dpk::stop_cluster
+  [[ -n ${DPK_TLS_PID:-} ]] && wait "$DPK_TLS_PID" 2>/dev/null
   dpk::remove_tls
   if [[ -n ${DPK_PROGRAM_END:-} ]]; then
     dpk::log "cluster stopped $(dpk::elapsed "$DPK_PROGRAM_END" "$(dpk::now)") s after the program ended; exit status $status"
@@ -448,10 +468,13 @@ dpk::main() {
   [[ $DPK_MODE != production || ${#DPK_PROGRAM[@]} -gt 0 ]] ||
     dpk::die "PROGRAM is empty: set the command to run in the template or with qsub -v PROGRAM=..."
   dpk::prepare
-  dpk::read_plan
-  dpk::write_env
   trap dpk::on_exit EXIT
-  dpk::make_tls
+  # The three helpers run at once: together they take as long as the slowest.
+  dpk::start_tls
+  dpk::start_plan
+  dpk::write_env
+  dpk::read_plan
+  dpk::finish_tls
   trap 'dpk::on_signal TERM' TERM
   trap 'dpk::on_signal INT' INT
   trap 'dpk::on_signal HUP' HUP

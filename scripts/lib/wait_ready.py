@@ -1,11 +1,12 @@
-"""Wait until the job's scheduler is up and every expected worker has connected.
+"""Wait until the job's scheduler is up and every expected worker has registered.
 
-Run by the job script with the job's Python (it needs distributed). It watches the
-pbsdsh process of each chunk: a Dask process that exits before the cluster is ready
-fails the wait at once, naming its chunk, node and log, instead of waiting for the
-timeout. Exit status: 0 ready, 1 timeout, 2 a process exited, 3 usage.
+Reads the roll that the scheduler keeps (roll_call.py: one registered worker name per
+line), so it needs no Dask client and starts in milliseconds. It watches the pbsdsh
+process of each chunk: a Dask process that exits before the cluster is ready fails the
+wait at once, naming its chunk, node and log, instead of waiting for the timeout.
+Exit status: 0 ready, 1 timeout, 2 a process exited, 3 usage.
 
-usage: wait_ready.py --scheduler-file PATH --workers N --timeout SECONDS
+usage: wait_ready.py --scheduler-file PATH --roll PATH --workers N --timeout SECONDS
                      --watch ROLE:CHUNK:NODE:PID:LOG [--watch ...]
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from collections import Counter
 
-POLL = 0.1
+POLL = 0.05
 
 
 def alive(pid: int) -> bool:
@@ -60,47 +61,45 @@ def missing_chunks(watched: list, names: list) -> list:
     return [w for w in watched if w.role == "worker" and seen[str(w.chunk)] == 0]
 
 
+def read_roll(path: str) -> list:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().split()
+    except OSError:
+        return []
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scheduler-file", required=True)
+    parser.add_argument("--roll", required=True)
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--timeout", type=float, required=True)
     parser.add_argument("--watch", action="append", default=[], type=Watched)
     opts = parser.parse_args(argv)
     deadline = time.monotonic() + opts.timeout
 
-    # 1. The scheduler file: written once, maybe not atomically, when the scheduler listens.
-    while not os.path.exists(opts.scheduler_file):
+    while True:
+        names = read_roll(opts.roll)
+        # The scheduler writes its file when it listens; workers register after that.
+        if len(names) >= opts.workers and os.path.exists(opts.scheduler_file):
+            return 0
         fail_if_exited(opts.watch)
         if time.monotonic() > deadline:
-            sched = [w for w in opts.watch if w.role == "scheduler"]
-            where = sched[0].log if sched else "the scheduler log"
+            if not os.path.exists(opts.scheduler_file):
+                sched = [w for w in opts.watch if w.role == "scheduler"]
+                where = sched[0].log if sched else "the scheduler log"
+                sys.stderr.write(
+                    f"dask-pbs: no scheduler file after {opts.timeout:g} s (see {where}); "
+                    "raise READY_TIMEOUT if the nodes are slow to start Python\n")
+                return 1
             sys.stderr.write(
-                f"dask-pbs: no scheduler file after {opts.timeout:g} s (see {where}); "
-                "raise READY_TIMEOUT if the nodes are slow to start Python\n")
+                f"dask-pbs: only {len(names)} of {opts.workers} workers connected after "
+                f"{opts.timeout:g} s\n")
+            for w in missing_chunks(opts.watch, names):
+                sys.stderr.write(f"dask-pbs:   missing: {w.describe()}, log {w.log}\n")
             return 1
         time.sleep(POLL)
-
-    from distributed import Client  # imported while the scheduler starts, not before
-
-    client = Client(scheduler_file=opts.scheduler_file, timeout=max(5, opts.timeout))
-    try:
-        while True:
-            names = [w.get("name") for w in client.scheduler_info(n_workers=-1)["workers"].values()]
-            if len(names) >= opts.workers:
-                return 0
-            fail_if_exited(opts.watch)
-            if time.monotonic() > deadline:
-                missing = missing_chunks(opts.watch, names)
-                sys.stderr.write(
-                    f"dask-pbs: only {len(names)} of {opts.workers} workers connected after "
-                    f"{opts.timeout:g} s\n")
-                for w in missing:
-                    sys.stderr.write(f"dask-pbs:   missing: {w.describe()}, log {w.log}\n")
-                return 1
-            time.sleep(POLL)
-    finally:
-        client.close()
 
 
 if __name__ == "__main__":

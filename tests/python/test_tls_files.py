@@ -128,3 +128,21 @@ def test_kit_tls_command_sets_validity_from_the_walltime(tmp_path, capsys):
     assert lasts == 3 * 86400  # 25 h of walltime: two days, plus one
     assert kit_cli.main(["tls"]) == 2
     assert "usage: kit.py tls FOLDER" in capsys.readouterr().err
+
+
+def test_openssl_1_1_without_req_ca_takes_the_two_step_path(tmp_path, monkeypatch):
+    # An openssl that refuses `req -CA`, as OpenSSL 1.1 (RHEL 8) does.
+    real = tls_files.shutil.which("openssl")
+    fake = tmp_path / "bin" / "openssl"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\ncase " $* " in *" req "*" -CA "*) echo "req: Unrecognized flag CA" >&2; exit 1;; esac\n'
+                    f'exec {real} "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    folder = tmp_path / "tls"
+    tls_files.create(str(folder), "1.old", days=2, backend="openssl")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ca.pem", "client-config.json", "client.key", "client.pem", "cluster.key", "cluster.pem"]
+    server = context(folder, "cluster.pem", "cluster.key", ssl.Purpose.CLIENT_AUTH)
+    client = context(folder, "client.pem", "client.key", ssl.Purpose.SERVER_AUTH)
+    assert handshake(server, client) == b"x"
