@@ -40,8 +40,12 @@ test: test-deps
 lint: test-deps
 	$(VENV)/bin/shellcheck -S warning scripts/*.pbs scripts/lib/*.sh tests/fakepbs/bin/* .ci/run
 
-bench: venv
-	$(VENV)/bin/python bench/run.py
+$(VENV)/.bench-installed: $(VENV)/.run-installed requirements/bench.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/bench.txt
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf dask-logs dask-wordcount.o* scheduler.json .pytest_cache

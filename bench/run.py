@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""Benchmarks: helper start-up, time to a ready cluster (kit vs floor), teardown.
+"""Benchmarks: helper start-up, time to a ready cluster and teardown (kit vs floor vs
+dask-jobqueue), and the wordcount's scale-out against one process.
 
-    .venv/bin/python bench/run.py [--sizes 2 4 8] [--runs 3]
+    .venv/bin/python bench/run.py [--sizes 2 4 8 16 32] [--nworkers 1 4] [--runs 3]
+                                  [--skip ready peer wordcount] [--corpus-mb 512]
 
-Prints a table: medians and spread (min-max) of several runs, with the machine and
+Prints tables: medians and spread (min-max) of several runs, with the machine and
 versions. Not a test: figures only. The kit's figures come from its own job output
 ("cluster ready in X s", "cluster stopped X s after the program ended"), measured from
-the job script's first line.
+the job script's first line. `make bench` runs it with the defaults.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -26,6 +29,9 @@ from pathlib import Path
 KIT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 DASK = str(Path(PY).with_name("dask"))
+FAKE_PATH = f"{KIT}/tests/fakepbs/bin:/usr/bin:/bin"
+sys.path.insert(0, str(KIT / "tests" / "fakepbs"))
+sys.path.insert(0, str(KIT / "bench"))
 
 
 def timed(cmd: list, runs: int) -> list:
@@ -60,75 +66,222 @@ def helper_start(runs: int) -> None:
     shutil.rmtree(tmp)
 
 
-def floor_ready(nodes: int, nworkers: int) -> float:
-    """The same scheduler and workers started directly, to all registered."""
-    from distributed import Client
+def job_processes(home: Path) -> list:
+    """Live processes of the fake PBS's jobs under home (they carry FAKEPBS_HOME)."""
+    marker = f"FAKEPBS_HOME={home}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in environ and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def tls_env(tls: Path) -> dict:
+    """What task.sh gives the kit's Dask processes: the same for the floor's."""
+    return {
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": f"{tls}/ca.pem",
+        "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__CERT": f"{tls}/cluster.pem",
+        "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY": f"{tls}/cluster.key",
+        "DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT": f"{tls}/cluster.pem",
+        "DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY": f"{tls}/cluster.key",
+    }
+
+
+def stop_all(procs: list) -> None:
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def floor_run(nodes: int, nworkers: int) -> tuple:
+    """The same scheduler and workers (same TLS, threads, memory limit) started directly,
+    to all registered; then stopped directly, workers first: (ready s, teardown s)."""
+    from distributed import Client, Security
 
     tmp = Path(tempfile.mkdtemp())
+    subprocess.run([PY, str(KIT / "helpers/kit.py"), "tls", str(tmp / "tls")], check=True)
+    env = dict(os.environ, **tls_env(tmp / "tls"))
     sched = tmp / "s.json"
+    security = Security(tls_ca_file=f"{tmp}/tls/ca.pem", tls_client_cert=f"{tmp}/tls/client.pem",
+                        tls_client_key=f"{tmp}/tls/client.key", require_encryption=True)
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     start = time.perf_counter()
-    procs = [subprocess.Popen([DASK, "scheduler", "--scheduler-file", str(sched), "--port", "0",
-                               "--interface", "lo"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)]
-    for i in range(1, nodes):
-        procs.append(subprocess.Popen([DASK, "worker", "--scheduler-file", str(sched), "--nworkers", str(nworkers),
-                                       "--nthreads", "1", "--interface", "lo", "--local-directory", str(tmp)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-    while not sched.exists():
-        time.sleep(0.01)
-    with Client(scheduler_file=str(sched)) as client:
-        client.wait_for_workers((nodes - 1) * nworkers, timeout=300)
-        elapsed = time.perf_counter() - start
-    for p in procs:
-        os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        p.wait()
-    shutil.rmtree(tmp, ignore_errors=True)
-    return elapsed
+    scheduler = subprocess.Popen([DASK, "scheduler", "--scheduler-file", str(sched), "--port", "0",
+                                  "--interface", "lo", "--protocol", "tls"], **quiet)
+    workers = [subprocess.Popen([DASK, "worker", "--scheduler-file", str(sched), "--nworkers", str(nworkers),
+                                 "--nthreads", "1", "--memory-limit", "900MiB", "--interface", "lo",
+                                 "--protocol", "tls", "--local-directory", str(tmp)], **quiet)
+               for _ in range(1, nodes)]
+    try:
+        while not sched.exists():
+            time.sleep(0.01)
+        with Client(scheduler_file=str(sched), security=security, timeout=120) as client:
+            client.wait_for_workers((nodes - 1) * nworkers, timeout=600)
+            ready = time.perf_counter() - start
+        start = time.perf_counter()
+        stop_all(workers)
+        stop_all([scheduler])
+        teardown = time.perf_counter() - start
+    finally:
+        stop_all(workers + [scheduler])
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ready, teardown
 
 
 def kit_run(nodes: int, nworkers: int) -> tuple:
-    """One production job with PROGRAM=/bin/true on the fake PBS: (ready s, teardown s)."""
+    """One production job with PROGRAM=/bin/true on the fake PBS, the kit's defaults (TLS):
+    (ready s, teardown s, processes left after the job)."""
     tmp = Path(tempfile.mkdtemp())
-    env = dict(os.environ, PATH=f"{KIT}/tests/fakepbs/bin:/usr/bin:/bin", FAKEPBS_HOME=str(tmp / "pbs"))
-    mem = max(1, nworkers)  # GiB per chunk: enough for the division
+    home = tmp / "pbs"
+    env = dict(os.environ, PATH=FAKE_PATH, FAKEPBS_HOME=str(home))
+    mem = max(1, nworkers)  # GiB per chunk: 0.9 GiB per worker process
     subprocess.run(["qsub", "-W", "block=true", "-N", "bench", "-l", f"select={nodes}:ncpus={nworkers}:mem={mem}gb",
                     "-v", f"DASK_PBS_KIT={KIT},PYTHON_PREFIX={Path(PY).parent.parent},INTERFACE=lo,"
-                          f"NWORKERS={nworkers},NTHREADS=1,PROGRAM=/bin/true,READY_TIMEOUT=300",
+                          f"NWORKERS={nworkers},NTHREADS=1,PROGRAM=/bin/true,READY_TIMEOUT=600",
                     str(KIT / "scripts/launch-dask-wordcount.pbs")], cwd=tmp, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     out = next(tmp.glob("bench.o*")).read_text()
-    ready = float(re.search(r"cluster ready in ([0-9.]+) s", out).group(1))
-    teardown = float(re.search(r"cluster stopped ([0-9.]+) s after the program ended", out).group(1))
+    left = len(job_processes(home))
+    try:
+        ready = float(re.search(r"cluster ready in ([0-9.]+) s", out).group(1))
+        teardown = float(re.search(r"cluster stopped ([0-9.]+) s after the program ended", out).group(1))
+    except AttributeError:
+        sys.exit(f"bench: the kit's job failed:\n{out}")
     shutil.rmtree(tmp, ignore_errors=True)
-    return ready, teardown
+    return ready, teardown, left
+
+
+def peer_run(nodes: int, nworkers: int) -> float:
+    """dask_jobqueue.PBSCluster submitting nodes-1 worker jobs to the same fake PBS, to the
+    same number of registered workers (its scheduler runs in this process, on tcp)."""
+    from dask_jobqueue import PBSCluster
+    from distributed import Client
+
+    tmp = Path(tempfile.mkdtemp())
+    home = tmp / "pbs"
+    saved = {k: os.environ.get(k) for k in ("PATH", "FAKEPBS_HOME")}
+    os.environ.update(PATH=FAKE_PATH, FAKEPBS_HOME=str(home))
+    try:
+        start = time.perf_counter()
+        with PBSCluster(cores=nworkers, processes=nworkers, memory=f"{nworkers}GB", walltime="00:30:00",
+                        interface="lo", scheduler_options={"interface": "lo", "dashboard_address": ":0"},
+                        log_directory=str(tmp / "logs")) as cluster:
+            cluster.scale(jobs=nodes - 1)
+            with Client(cluster) as client:
+                client.wait_for_workers((nodes - 1) * nworkers, timeout=600)
+                ready = time.perf_counter() - start
+    finally:
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+        deadline = time.monotonic() + 30
+        while job_processes(home) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in job_processes(home):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ready
+
+
+def ready_table(sizes: list, nworkers_list: list, runs: int, peer: bool) -> None:
+    print(f"\ntime to ready (all workers registered) and teardown, median of {runs} runs (min-max)")
+    print("  kit: production job on the fake PBS, PROGRAM=/bin/true, TLS on (the default)")
+    print("  floor: the same dask scheduler/worker processes and TLS, started directly")
+    print("  peer: dask_jobqueue.PBSCluster, one worker job per chunk, same fake PBS (tcp)")
+    print(f"{'nodes':>5} {'procs':>5} {'kit':>22} {'floor':>22} {'kit/floor':>9} {'peer':>22} "
+          f"{'teardown kit':>22} {'teardown floor':>22} {'left':>4}")
+    for nworkers in nworkers_list:
+        for nodes in sizes:
+            kit, down, floor, floor_down, peers, left = [], [], [], [], [], 0
+            for _ in range(runs):
+                ready, teardown, stray = kit_run(nodes, nworkers)
+                kit.append(ready)
+                down.append(teardown)
+                left += stray
+                f_ready, f_down = floor_run(nodes, nworkers)
+                floor.append(f_ready)
+                floor_down.append(f_down)
+                if peer:
+                    peers.append(peer_run(nodes, nworkers))
+            ratio = statistics.median(kit) / statistics.median(floor)
+            peer_text = summary(peers) if peers else "-"
+            print(f"{nodes:>5} {nworkers:>5} {summary(kit):>22} {summary(floor):>22} {ratio:>9.2f} "
+                  f"{peer_text:>22} {summary(down):>22} {summary(floor_down):>22} {left:>4}", flush=True)
+
+
+def wordcount_table(runs: int, megabytes: int) -> None:
+    import corpus
+
+    folder = os.environ.get("BENCH_CORPUS", f"/tmp/dask-pbs-kit-corpus-{megabytes}mb")
+    files = corpus.ensure(folder, megabytes)
+    dask_s, serial_s = [], []
+    for _ in range(runs):
+        tmp = Path(tempfile.mkdtemp())
+        result = tmp / "result.json"
+        env = dict(os.environ, PATH=FAKE_PATH, FAKEPBS_HOME=str(tmp / "pbs"))
+        done = subprocess.run(
+            ["qsub", "-W", "block=true", "-N", "wc", "-l", "select=3:ncpus=1:mem=4gb",
+             "-v", f"DASK_PBS_KIT={KIT},PYTHON_PREFIX={Path(PY).parent.parent},INTERFACE=lo,NTHREADS=1,"
+                   f"PROGRAM=python3 {KIT}/bench/wordcount_vs_counter.py {folder} {result}",
+             str(KIT / "scripts/launch-dask-wordcount.pbs")], cwd=tmp, env=env, stdout=subprocess.DEVNULL)
+        if done.returncode != 0 or not result.exists():
+            sys.exit(f"bench: the wordcount job failed:\n{''.join(p.read_text() for p in tmp.glob('wc.o*'))}")
+        figures = json.loads(result.read_text())
+        if not figures["same"]:
+            sys.exit("bench: the cluster's word counts differ from collections.Counter's")
+        dask_s.append(figures["dask_s"])
+        serial_s.append(figures["serial_s"])
+        shutil.rmtree(tmp, ignore_errors=True)
+    speedup = statistics.median(serial_s) / statistics.median(dask_s)
+    print(f"\nwordcount scale-out: {figures['bytes'] / 2**20:.0f} MiB in {len(files)} files, "
+          f"{figures['words']} words ({figures['distinct']} distinct); median of {runs} runs")
+    print(f"  one process, collections.Counter      {summary(serial_s)}")
+    print(f"  kit cluster, {figures['workers']} workers x 1 thread       {summary(dask_s)}")
+    print(f"  speed-up {speedup:.2f}x on {os.cpu_count()} cores (parallel efficiency "
+          f"{speedup / figures['threads']:.0%}); same answer: yes")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16, 32])
     parser.add_argument("--nworkers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["helpers", "ready", "peer", "wordcount"])
+    parser.add_argument("--corpus-mb", type=int, default=512)
     opts = parser.parse_args()
     import dask
     import distributed
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
-    print(f"python {platform.python_version()}, dask {dask.__version__}, distributed {distributed.__version__}")
-    helper_start(max(20, opts.runs))
-    print(f"\ntime to ready (all workers registered), median of {opts.runs} runs (spread)")
-    print(f"{'nodes':>5} {'procs/chunk':>11} {'kit':>28} {'floor':>28} {'kit/floor':>9} {'teardown':>26}")
-    for nworkers in opts.nworkers:
-        for nodes in opts.sizes:
-            kit, down, floor = [], [], []
-            for _ in range(opts.runs):
-                ready, teardown = kit_run(nodes, nworkers)
-                kit.append(ready)
-                down.append(teardown)
-                floor.append(floor_ready(nodes, nworkers))
-            ratio = statistics.median(kit) / statistics.median(floor)
-            print(f"{nodes:>5} {nworkers:>11} {summary(kit):>28} {summary(floor):>28} {ratio:>9.2f} {summary(down):>26}",
-                  flush=True)
+    versions = f"python {platform.python_version()}, dask {dask.__version__}, distributed {distributed.__version__}"
+    try:
+        import dask_jobqueue
+        versions += f", dask-jobqueue {dask_jobqueue.__version__}"
+    except ImportError:
+        opts.skip.append("peer")
+    openssl = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {platform.platform()}")
+    print(f"{versions}; {openssl}")
+    if "helpers" not in opts.skip:
+        helper_start(max(20, opts.runs))
+    if "ready" not in opts.skip:
+        ready_table(opts.sizes, opts.nworkers, opts.runs, "peer" not in opts.skip)
+    if "wordcount" not in opts.skip:
+        wordcount_table(opts.runs, opts.corpus_mb)
     return 0
 
 

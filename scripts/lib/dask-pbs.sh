@@ -180,9 +180,10 @@ dpk::start_task() {
 
 # Start the scheduler on the first chunk. Sets DPK_SCHED_PID.
 dpk::start_scheduler() {
-  # roll_call.py keeps the registered workers' names in DPK_ROLL (see dpk::wait_ready).
+  # The preload keeps the registered workers' names in DPK_ROLL (see dpk::wait_ready) and
+  # stops the workers when the scheduler closes (see dpk::stop_cluster).
   local -a args=(--scheduler-file "$DPK_JOB_SCHEDULER_FILE" --port "$SCHEDULER_PORT"
-    --preload "$DPK_LIB_DIR/roll_call.py" --dpk-roll "$DPK_ROLL")
+    --preload "$DPK_LIB_DIR/scheduler_preload.py" --dpk-roll "$DPK_ROLL")
   case $DASHBOARD in
     network) args+=(--dashboard-address ":$DASHBOARD_PORT") ;;
     loopback) args+=(--dashboard-address "127.0.0.1:$DASHBOARD_PORT") ;;
@@ -360,48 +361,71 @@ dpk::run_program() {
 
 # ------------------------------------------------------------------ shutting down
 
-# Stop every Dask process of the job and wait until they are gone: workers first (with
-# the scheduler still up they close in ~0.3 s; after it, some wait seconds on the broken
-# connection), then the scheduler.
+# Stop every Dask process of the job and wait until they are gone. One SIGTERM to the
+# scheduler stops the whole cluster: its plugin terminates every nanny (and so every
+# worker) before it closes, with no pbsdsh per node. Tasks still running after half of
+# STOP_TIMEOUT (or at once, if the scheduler had died) get their own SIGTERM through
+# pbsdsh; past STOP_TIMEOUT, SIGKILL.
 dpk::stop_cluster() {
   [[ ${#DPK_PIDS[@]} -gt 0 ]] || return 0
-  local i
-  local -a workers=()
+  local i grace=$((SECONDS + (STOP_TIMEOUT + 1) / 2)) end=$((SECONDS + STOP_TIMEOUT))
+  local -a left=()
+  DPK_KILLERS=()
+  if dpk::scheduler_alive; then
+    for i in "${!DPK_PIDS[@]}"; do
+      [[ ${DPK_PIDS[i]} == "$DPK_SCHED_PID" ]] && dpk::signal_tasks "$i"
+    done
+    dpk::wait_tasks "$grace" "${!DPK_PIDS[@]}"
+  fi
   for i in "${!DPK_PIDS[@]}"; do
-    [[ ${DPK_PIDS[i]} == "${DPK_SCHED_PID:-}" ]] || workers+=("$i")
+    kill -0 "${DPK_PIDS[i]}" 2>/dev/null && left+=("$i")
   done
-  dpk::stop_tasks "${workers[@]}"
-  for i in "${!DPK_PIDS[@]}"; do
-    [[ ${DPK_PIDS[i]} == "${DPK_SCHED_PID:-}" ]] && dpk::stop_tasks "$i"
-  done
+  if [[ ${#left[@]} -gt 0 ]]; then
+    dpk::signal_tasks "${left[@]}"
+    dpk::wait_tasks "$end" "${left[@]}"
+    dpk::kill_tasks "${left[@]}"
+  fi
+  [[ ${#DPK_KILLERS[@]} -eq 0 ]] || wait "${DPK_KILLERS[@]}" 2>/dev/null || true
   DPK_PIDS=()
 }
 
-# Stop the tasks at these indices of DPK_PIDS: each Dask process gets SIGTERM (a clean
-# exit) through a second pbsdsh on its node; the first pbsdsh of a task returns when the
-# task has ended, so waiting for it is waiting for the process. Past STOP_TIMEOUT the
-# first pbsdsh gets SIGKILL (and its task dies with the job).
-dpk::stop_tasks() {
-  local i pid deadline=$((SECONDS + STOP_TIMEOUT))
-  local -a killers=()
+# SIGTERM (a clean exit) to the Dask process of each task at these indices of DPK_PIDS,
+# through a second pbsdsh on its node (PIDs recorded by task.sh). Appends to DPK_KILLERS.
+dpk::signal_tasks() {
+  local i pid
   for i in "$@"; do
     kill -0 "${DPK_PIDS[i]}" 2>/dev/null || continue
     pid=$(cat "${DPK_PIDFILES[i]}" 2>/dev/null) || continue
     [[ $pid =~ ^[0-9]+$ ]] || continue
     # shellcheck disable=SC2016 # $1 expands in the task's shell
     pbsdsh -n "${DPK_LINES[i]}" -- /bin/sh -c 'kill -TERM "$1" 2>/dev/null' sh "$pid" >/dev/null 2>&1 &
-    killers+=("$!")
+    DPK_KILLERS+=("$!")
   done
+}
+
+# Wait until the tasks at these indices have ended (the first pbsdsh of a task returns
+# when its task has exited), or until SECONDS reaches the deadline. Arguments: deadline
+# indices...
+dpk::wait_tasks() {
+  local deadline=$1 i
+  shift
   for i in "$@"; do
     while kill -0 "${DPK_PIDS[i]}" 2>/dev/null && [[ $SECONDS -lt $deadline ]]; do
       dpk::nap 0.05
     done
+  done
+}
+
+# SIGKILL the first pbsdsh of the tasks still running (PBS kills the task itself when the
+# job ends, on every node).
+dpk::kill_tasks() {
+  local i
+  for i in "$@"; do
     if kill -0 "${DPK_PIDS[i]}" 2>/dev/null; then
       dpk::warn "a Dask process did not stop within STOP_TIMEOUT=$STOP_TIMEOUT s: killing it (see $LOG_DIR/)"
       kill -KILL "${DPK_PIDS[i]}" 2>/dev/null
     fi
   done
-  [[ ${#killers[@]} -eq 0 ]] || wait "${killers[@]}" 2>/dev/null || true
 }
 
 # Remove what must not outlive the job: the published files (if still ours).

@@ -1,6 +1,6 @@
 """Wait until the job's scheduler is up and every expected worker has registered.
 
-Reads the roll that the scheduler keeps (roll_call.py: one registered worker name per
+Reads the roll that the scheduler keeps (scheduler_preload.py: one registered worker name per
 line), so it needs no Dask client and starts in milliseconds. It watches the pbsdsh
 process of each chunk: a Dask process that exits before the cluster is ready fails the
 wait at once, naming its chunk, node and log, instead of waiting for the timeout.
