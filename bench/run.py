@@ -43,8 +43,8 @@ def timed(cmd: list, runs: int) -> list:
     return out
 
 
-def summary(values: list) -> str:
-    return f"{statistics.median(values):7.3f} s  ({min(values):.3f}-{max(values):.3f})"
+def summary(values: list, digits: int = 2) -> str:
+    return f"{statistics.median(values):6.{digits}f} s ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def helper_start(runs: int) -> None:
@@ -54,7 +54,7 @@ def helper_start(runs: int) -> None:
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else PY
     floor = timed([python, "-c", "import json"], runs)
     print(f"\nhelper start ({python}, median of {runs})")
-    print(f"  floor: python3 -c 'import json'          {summary(floor)}")
+    print(f"  floor: python3 -c 'import json'          {summary(floor, 3)}")
     for name, cmd in [
         ("dashboard_url.py scheduler.json", [python, str(KIT / "helpers/dashboard_url.py"), str(sched)]),
         ("dashboard_url.py --tunnel login", [python, str(KIT / "helpers/dashboard_url.py"), str(sched), "--tunnel", "login"]),
@@ -62,7 +62,7 @@ def helper_start(runs: int) -> None:
     ]:
         values = timed(cmd, runs)
         ratio = statistics.median(values) / statistics.median(floor)
-        print(f"  {name:<38} {summary(values)}  ratio {ratio:.2f}")
+        print(f"  {name:<38} {summary(values, 3)}  ratio {ratio:.2f}")
     shutil.rmtree(tmp)
 
 
@@ -145,26 +145,30 @@ def floor_run(nodes: int, nworkers: int) -> tuple:
 
 
 def kit_run(nodes: int, nworkers: int) -> tuple:
-    """One production job with PROGRAM=/bin/true on the fake PBS, the kit's defaults (TLS):
-    (ready s, teardown s, processes left after the job)."""
+    """One production job on the fake PBS with the kit's defaults (TLS), whose PROGRAM only
+    notes when it ends: (ready s, teardown s, program end to qsub -W block=true
+    returning s, processes left after the job)."""
     tmp = Path(tempfile.mkdtemp())
     home = tmp / "pbs"
     env = dict(os.environ, PATH=FAKE_PATH, FAKEPBS_HOME=str(home))
     mem = max(1, nworkers)  # GiB per chunk: 0.9 GiB per worker process
     subprocess.run(["qsub", "-W", "block=true", "-N", "bench", "-l", f"select={nodes}:ncpus={nworkers}:mem={mem}gb",
                     "-v", f"DASK_PBS_KIT={KIT},PYTHON_PREFIX={Path(PY).parent.parent},INTERFACE=lo,"
-                          f"NWORKERS={nworkers},NTHREADS=1,PROGRAM=/bin/true,READY_TIMEOUT=600",
+                          f"NWORKERS={nworkers},NTHREADS=1,READY_TIMEOUT=600,"
+                          f"PROGRAM=python3 {KIT}/bench/stamp.py {tmp}/end",
                     str(KIT / "scripts/launch-dask-wordcount.pbs")], cwd=tmp, env=env, check=True,
                    stdout=subprocess.DEVNULL)
+    job_end = time.time()
     out = next(tmp.glob("bench.o*")).read_text()
     left = len(job_processes(home))
     try:
         ready = float(re.search(r"cluster ready in ([0-9.]+) s", out).group(1))
         teardown = float(re.search(r"cluster stopped ([0-9.]+) s after the program ended", out).group(1))
-    except AttributeError:
+        until_end = job_end - float((tmp / "end").read_text())
+    except (AttributeError, OSError):
         sys.exit(f"bench: the kit's job failed:\n{out}")
     shutil.rmtree(tmp, ignore_errors=True)
-    return ready, teardown, left
+    return ready, teardown, until_end, left
 
 
 def peer_run(nodes: int, nworkers: int) -> float:
@@ -202,15 +206,18 @@ def ready_table(sizes: list, nworkers_list: list, runs: int, peer: bool) -> None
     print("  kit: production job on the fake PBS, PROGRAM=/bin/true, TLS on (the default)")
     print("  floor: the same dask scheduler/worker processes and TLS, started directly")
     print("  peer: dask_jobqueue.PBSCluster, one worker job per chunk, same fake PBS (tcp)")
+    print("  teardown kit: the job's own figure, program end to the job script's end;"
+          " job end: to qsub -W block=true returning")
     print(f"{'nodes':>5} {'procs':>5} {'kit':>22} {'floor':>22} {'kit/floor':>9} {'peer':>22} "
-          f"{'teardown kit':>22} {'teardown floor':>22} {'left':>4}")
+          f"{'teardown kit':>22} {'job end':>22} {'teardown floor':>22} {'left':>4}")
     for nworkers in nworkers_list:
         for nodes in sizes:
-            kit, down, floor, floor_down, peers, left = [], [], [], [], [], 0
+            kit, down, ends, floor, floor_down, peers, left = [], [], [], [], [], [], 0
             for _ in range(runs):
-                ready, teardown, stray = kit_run(nodes, nworkers)
+                ready, teardown, until_end, stray = kit_run(nodes, nworkers)
                 kit.append(ready)
                 down.append(teardown)
+                ends.append(until_end)
                 left += stray
                 f_ready, f_down = floor_run(nodes, nworkers)
                 floor.append(f_ready)
@@ -220,7 +227,8 @@ def ready_table(sizes: list, nworkers_list: list, runs: int, peer: bool) -> None
             ratio = statistics.median(kit) / statistics.median(floor)
             peer_text = summary(peers) if peers else "-"
             print(f"{nodes:>5} {nworkers:>5} {summary(kit):>22} {summary(floor):>22} {ratio:>9.2f} "
-                  f"{peer_text:>22} {summary(down):>22} {summary(floor_down):>22} {left:>4}", flush=True)
+                  f"{peer_text:>22} {summary(down):>22} {summary(ends):>22} {summary(floor_down):>22} {left:>4}",
+                  flush=True)
 
 
 def wordcount_table(runs: int, megabytes: int) -> None:

@@ -96,8 +96,9 @@ dpk::prepare() {
   DPK_JOB_SCHEDULER_FILE=$LOG_DIR/scheduler.json
   DPK_ENV_FILE=$LOG_DIR/env.sh
   DPK_ROLL=$LOG_DIR/workers.txt
+  DPK_SCHED_CLOSED=$LOG_DIR/scheduler.closed
   DPK_TLS_CONFIG=${SCHEDULER_FILE%.json}.tls.json
-  rm -f "$SCHEDULER_FILE" "$DPK_TLS_CONFIG" "$DPK_JOB_SCHEDULER_FILE" "$DPK_ROLL"
+  rm -f "$SCHEDULER_FILE" "$DPK_TLS_CONFIG" "$DPK_JOB_SCHEDULER_FILE" "$DPK_ROLL" "$DPK_SCHED_CLOSED"
   dpk::log "job $PBS_JOBID: logs in $LOG_DIR/"
 }
 
@@ -183,7 +184,8 @@ dpk::start_scheduler() {
   # The preload keeps the registered workers' names in DPK_ROLL (see dpk::wait_ready) and
   # stops the workers when the scheduler closes (see dpk::stop_cluster).
   local -a args=(--scheduler-file "$DPK_JOB_SCHEDULER_FILE" --port "$SCHEDULER_PORT"
-    --preload "$DPK_LIB_DIR/scheduler_preload.py" --dpk-roll "$DPK_ROLL")
+    --preload "$DPK_LIB_DIR/scheduler_preload.py" --dpk-roll "$DPK_ROLL" --dpk-closed "$DPK_SCHED_CLOSED"
+    --dpk-stop-wait "$((STOP_TIMEOUT > 2 ? STOP_TIMEOUT - 2 : 1))")
   case $DASHBOARD in
     network) args+=(--dashboard-address ":$DASHBOARD_PORT") ;;
     loopback) args+=(--dashboard-address "127.0.0.1:$DASHBOARD_PORT") ;;
@@ -195,7 +197,7 @@ dpk::start_scheduler() {
   args+=("${extra[@]}")
   dpk::log "starting the scheduler on chunk $DPK_SCHED_CHUNK (node $DPK_SCHED_NODE)"
   dpk::start_task scheduler "$DPK_SCHED_CHUNK" "$DPK_SCHED_LINE" "$DPK_SCHED_NODE" "${args[@]}"
-  DPK_SCHED_PID=${DPK_PIDS[-1]}
+  DPK_SCHED_PID=${DPK_PIDS[-1]} DPK_SCHED_INDEX=$((${#DPK_PIDS[@]} - 1))
 }
 
 # Start the worker processes of every worker chunk (one pbsdsh task per chunk).
@@ -299,9 +301,10 @@ dpk::elapsed() {
 
 # ------------------------------------------------------------------ holding or running
 
-# True while the scheduler's pbsdsh (and so the scheduler) runs.
+# True while the scheduler runs: its pbsdsh has not returned, and it has not said that
+# it closed (its Python may take a while longer to exit).
 dpk::scheduler_alive() {
-  kill -0 "$DPK_SCHED_PID" 2>/dev/null
+  kill -0 "$DPK_SCHED_PID" 2>/dev/null && [[ ! -e $DPK_SCHED_CLOSED ]]
 }
 
 # Sleep a little in a way a trapped signal interrupts at once.
@@ -361,25 +364,29 @@ dpk::run_program() {
 
 # ------------------------------------------------------------------ shutting down
 
-# Stop every Dask process of the job and wait until they are gone. One SIGTERM to the
-# scheduler stops the whole cluster: its plugin terminates every nanny (and so every
-# worker) before it closes, with no pbsdsh per node. Tasks still running after half of
-# STOP_TIMEOUT (or at once, if the scheduler had died) get their own SIGTERM through
-# pbsdsh; past STOP_TIMEOUT, SIGKILL.
+# Stop the cluster. One SIGTERM to the scheduler does it: its plugin tells every nanny to
+# terminate its worker and closes the scheduler once every worker has unregistered (the
+# roll is empty). What is left of the workers then is Python exiting, which PBS ends with
+# the job on every node. Otherwise (the scheduler had died or hangs) every task still
+# running gets its own SIGTERM through pbsdsh, and SIGKILL past STOP_TIMEOUT.
 dpk::stop_cluster() {
   [[ ${#DPK_PIDS[@]} -gt 0 ]] || return 0
-  local i grace=$((SECONDS + (STOP_TIMEOUT + 1) / 2)) end=$((SECONDS + STOP_TIMEOUT))
+  local i end=$((SECONDS + STOP_TIMEOUT))
   local -a left=()
   DPK_KILLERS=()
   if dpk::scheduler_alive; then
-    for i in "${!DPK_PIDS[@]}"; do
-      [[ ${DPK_PIDS[i]} == "$DPK_SCHED_PID" ]] && dpk::signal_tasks "$i"
+    dpk::signal_tasks "$DPK_SCHED_INDEX"
+    while dpk::scheduler_alive && [[ $SECONDS -lt $end ]]; do
+      dpk::nap 0.02
     done
-    dpk::wait_tasks "$grace" "${!DPK_PIDS[@]}"
   fi
-  for i in "${!DPK_PIDS[@]}"; do
-    kill -0 "${DPK_PIDS[i]}" 2>/dev/null && left+=("$i")
-  done
+  if ! dpk::scheduler_alive && [[ -f $DPK_ROLL && ! -s $DPK_ROLL ]]; then
+    left=()
+  else
+    for i in "${!DPK_PIDS[@]}"; do
+      kill -0 "${DPK_PIDS[i]}" 2>/dev/null && left+=("$i")
+    done
+  fi
   if [[ ${#left[@]} -gt 0 ]]; then
     dpk::signal_tasks "${left[@]}"
     dpk::wait_tasks "$end" "${left[@]}"
@@ -390,13 +397,18 @@ dpk::stop_cluster() {
 }
 
 # SIGTERM (a clean exit) to the Dask process of each task at these indices of DPK_PIDS,
-# through a second pbsdsh on its node (PIDs recorded by task.sh). Appends to DPK_KILLERS.
+# through a second pbsdsh on its node (PIDs recorded by task.sh), or directly on this
+# node. Appends to DPK_KILLERS.
 dpk::signal_tasks() {
   local i pid
   for i in "$@"; do
     kill -0 "${DPK_PIDS[i]}" 2>/dev/null || continue
     pid=$(cat "${DPK_PIDFILES[i]}" 2>/dev/null) || continue
     [[ $pid =~ ^[0-9]+$ ]] || continue
+    if [[ ${DPK_LINES[i]} == 0 ]]; then
+      kill -TERM "$pid" 2>/dev/null  # node-file line 0 is this node, the mother superior
+      continue
+    fi
     # shellcheck disable=SC2016 # $1 expands in the task's shell
     pbsdsh -n "${DPK_LINES[i]}" -- /bin/sh -c 'kill -TERM "$1" 2>/dev/null' sh "$pid" >/dev/null 2>&1 &
     DPK_KILLERS+=("$!")

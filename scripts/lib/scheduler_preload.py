@@ -6,15 +6,17 @@ Loaded by the job's scheduler (dask scheduler --preload scheduler_preload.py --d
   job script waits for it to list every expected worker: the scheduler itself says when
   the cluster is whole, and the job needs no Dask client (and no second `import
   distributed` competing with the workers for the node's cores) to know it.
-- Shutdown: however the scheduler closes (SIGTERM from the job, client.shutdown()), it
-  first tells every nanny to terminate its worker and exit. Workers told while their
-  scheduler still listens are gone within a second; workers that lose their scheduler
-  first wait seconds on the broken connection, and each teardown by a signal per node
-  costs one pbsdsh per node.
+- Shutdown: however the scheduler closes (SIGTERM from the job, client.shutdown(), qdel),
+  it first tells every nanny to terminate its worker, and closes once every worker has
+  unregistered; then it creates the --dpk-closed file. One signal stops the cluster: no pbsdsh per node, and no worker waiting
+  seconds on the broken connection of a scheduler that went first.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import time
 
 import click
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -26,9 +28,12 @@ class JobPlugin(SchedulerPlugin):
 
     name = "dask-pbs-kit"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, closed: str = "", stop_wait: float = 5.0) -> None:
         self.path = path
+        self.closed = closed
+        self.stop_wait = stop_wait
         self.scheduler = None
+        self._sent = None
 
     async def start(self, scheduler) -> None:
         self.scheduler = scheduler
@@ -41,9 +46,30 @@ class JobPlugin(SchedulerPlugin):
         self.write()
 
     async def before_close(self) -> None:
-        # A nanny closes the connection without an answer when it exits: ignore that.
-        await self.scheduler.broadcast(msg={"op": "terminate", "reason": "dask-pbs-kit: job ending"},
-                                       nanny=True, on_error="ignore")
+        """Tell every nanny to terminate, and wait (up to stop_wait) until every worker has
+        unregistered. The processes' own exit (seconds of CPU for Python to finalize many
+        processes on few cores) is not waited for: PBS ends the job's tasks on every node
+        when the job ends."""
+        if not self.scheduler.workers:
+            return
+        nannies = {ws.nanny for ws in self.scheduler.workers.values() if ws.nanny}
+        self._sent = asyncio.gather(*(self._terminate(addr) for addr in nannies))
+        deadline = time.monotonic() + self.stop_wait
+        while self.scheduler.workers and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def _terminate(self, nanny: str) -> None:
+        # A nanny drops the connection as it exits, and the scheduler may close before
+        # every nanny has answered: neither is an error here.
+        with contextlib.suppress(Exception):
+            await self.scheduler.rpc(nanny).terminate(reason="dask-pbs-kit: job ending")
+
+    async def close(self) -> None:
+        """Say that the scheduler has closed: what is left of its process is Python exiting,
+        which may take seconds on a node busy with the workers' own exits."""
+        if self.closed:
+            with open(self.closed, "w", encoding="utf-8") as fh:
+                fh.write("closed\n")
 
     def write(self) -> None:
         names = sorted(str(ws.name) for ws in self.scheduler.workers.values())
@@ -55,5 +81,8 @@ class JobPlugin(SchedulerPlugin):
 
 @click.command()
 @click.option("--dpk-roll", required=True, help="file to keep the registered workers' names in")
-def dask_setup(scheduler, dpk_roll: str) -> None:
-    scheduler.add_plugin(JobPlugin(dpk_roll))
+@click.option("--dpk-closed", default="", help="file to create once the scheduler has closed")
+@click.option("--dpk-stop-wait", type=float, default=5.0,
+              help="seconds to wait at close for every worker to unregister")
+def dask_setup(scheduler, dpk_roll: str, dpk_closed: str, dpk_stop_wait: float) -> None:
+    scheduler.add_plugin(JobPlugin(dpk_roll, dpk_closed, dpk_stop_wait))

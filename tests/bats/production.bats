@@ -71,3 +71,18 @@ PY
   run cat dask-wordcount.o*
   [[ $output == *"PROGRAM is empty"* ]]
 }
+
+@test "teardown: one signal to the scheduler stops every worker, and nothing of the job is left" {
+  submit launch-dask-wordcount.pbs -l select=4:ncpus=2:mem=2gb -v NWORKERS=2,NTHREADS=1,PROGRAM=/bin/true
+  [ "$status" -eq 0 ]
+  run job_output dask-wordcount
+  [[ $output =~ cluster\ stopped\ [0-9.]+\ s\ after\ the\ program\ ended ]]
+  logs=(dask-logs/*)
+  # Every worker process stopped because the scheduler's plugin told its nanny to.
+  [ "$(cat "${logs[0]}"/worker-*.log | grep -c 'Stopping worker at .* Reason: dask-pbs-kit: job ending')" -eq 6 ]
+  [ -e "${logs[0]}/scheduler.closed" ]
+  [ ! -s "${logs[0]}/workers.txt" ]
+  ! grep -q ERROR "${logs[0]}/scheduler-0.log"
+  assert_no_job_processes
+  [ -z "$(ls "$FAKEPBS_HOME/tmp")" ]
+}
