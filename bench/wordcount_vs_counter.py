@@ -47,7 +47,7 @@ def main() -> int:
     with connect() as client:
         workers = client.scheduler_info(n_workers=-1)["workers"]
         start = time.perf_counter()
-        counts = wc.wordcount(client, files)
+        counts = wc.wordcount(client, files, show_progress=False)
         dask_s = time.perf_counter() - start
     start = time.perf_counter()
     expected = serial(wc, files)

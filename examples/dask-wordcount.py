@@ -52,13 +52,18 @@ def expand(patterns: list) -> list:
     return files
 
 
-def wordcount(client, files: list, blocksize: str | None = "64MiB") -> Counter:
+def wordcount(client, files: list, blocksize: str | None = "64MiB",
+              show_progress: bool | None = None) -> Counter:
+    """The word counts of files on the client's cluster; a progress bar on a terminal or in
+    a PBS job's output unless show_progress is False."""
     import dask.bag as db
     from distributed import progress
 
     bag = db.read_text(files, blocksize=blocksize, encoding="utf-8", errors="replace")
     future = client.compute(bag.reduction(count_lines, merge))
-    if sys.stdout.isatty() or os.environ.get("PBS_JOBID"):
+    if show_progress is None:
+        show_progress = sys.stdout.isatty() or bool(os.environ.get("PBS_JOBID"))
+    if show_progress:
         progress(future)
         print()
     return future.result()
