@@ -48,21 +48,26 @@ def summary(values: list, digits: int = 2) -> str:
 
 
 def helper_start(runs: int) -> None:
+    """Each helper command against the floor, interleaved run by run (drift hits all alike)."""
     tmp = Path(tempfile.mkdtemp())
     sched = tmp / "scheduler.json"
     sched.write_text('{"type": "Scheduler", "address": "tcp://10.0.0.1:8786", "services": {"dashboard": 8787}}')
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else PY
-    floor = timed([python, "-c", "import json"], runs)
-    print(f"\nhelper start ({python}, median of {runs})")
-    print(f"  floor: python3 -c 'import json'          {summary(floor, 3)}")
-    for name, cmd in [
-        ("dashboard_url.py scheduler.json", [python, str(KIT / "helpers/dashboard_url.py"), str(sched)]),
-        ("dashboard_url.py --tunnel login", [python, str(KIT / "helpers/dashboard_url.py"), str(sched), "--tunnel", "login"]),
-        ("kit.py memory 20gb 4", [python, str(KIT / "helpers/kit.py"), "memory", "20gb", "4"]),
-    ]:
-        values = timed(cmd, runs)
-        ratio = statistics.median(values) / statistics.median(floor)
-        print(f"  {name:<38} {summary(values, 3)}  ratio {ratio:.2f}")
+    commands = {
+        "floor: python3 -c 'import json'": [python, "-c", "import json"],
+        "dashboard_url.py scheduler.json": [python, str(KIT / "helpers/dashboard_url.py"), str(sched)],
+        "dashboard_url.py --tunnel login": [python, str(KIT / "helpers/dashboard_url.py"), str(sched), "--tunnel", "login"],
+        "kit.py memory 20gb 4": [python, str(KIT / "helpers/kit.py"), "memory", "20gb", "4"],
+    }
+    times: dict = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, cmd in commands.items():
+            times[name] += timed(cmd, 1)
+    floor = statistics.median(times["floor: python3 -c 'import json'"])
+    print(f"\nhelper start ({python}, median of {runs}, interleaved)")
+    for name, values in times.items():
+        ratio = "" if name.startswith("floor") else f"  ratio {statistics.median(values) / floor:.2f}"
+        print(f"  {name:<38} {summary(values, 3)}{ratio}")
     shutil.rmtree(tmp)
 
 
@@ -285,7 +290,7 @@ def main() -> int:
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {platform.platform()}")
     print(f"{versions}; {openssl}")
     if "helpers" not in opts.skip:
-        helper_start(max(20, opts.runs))
+        helper_start(max(50, opts.runs))
     if "ready" not in opts.skip:
         ready_table(opts.sizes, opts.nworkers, opts.runs, "peer" not in opts.skip)
     if "wordcount" not in opts.skip:

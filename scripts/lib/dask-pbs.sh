@@ -185,7 +185,7 @@ dpk::start_scheduler() {
   # stops the workers when the scheduler closes (see dpk::stop_cluster).
   local -a args=(--scheduler-file "$DPK_JOB_SCHEDULER_FILE" --port "$SCHEDULER_PORT"
     --preload "$DPK_LIB_DIR/scheduler_preload.py" --dpk-roll "$DPK_ROLL" --dpk-closed "$DPK_SCHED_CLOSED"
-    --dpk-stop-wait "$((STOP_TIMEOUT > 2 ? STOP_TIMEOUT - 2 : 1))")
+    --dpk-stop-wait 1)
   case $DASHBOARD in
     network) args+=(--dashboard-address ":$DASHBOARD_PORT") ;;
     loopback) args+=(--dashboard-address "127.0.0.1:$DASHBOARD_PORT") ;;
@@ -365,10 +365,11 @@ dpk::run_program() {
 # ------------------------------------------------------------------ shutting down
 
 # Stop the cluster. One SIGTERM to the scheduler does it: its plugin tells every nanny to
-# terminate its worker and closes the scheduler once every worker has unregistered (the
-# roll is empty). What is left of the workers then is Python exiting, which PBS ends with
-# the job on every node. Otherwise (the scheduler had died or hangs) every task still
-# running gets its own SIGTERM through pbsdsh, and SIGKILL past STOP_TIMEOUT.
+# terminate its worker, gives the workers a second to unregister, closes the scheduler
+# (which also tells every worker to close) and writes DPK_SCHED_CLOSED. What is left then
+# is Dask processes finishing their exit, which PBS ends with the job on every node.
+# Otherwise (the scheduler had died, or did not close) every task still running gets its
+# own SIGTERM through pbsdsh, and SIGKILL past STOP_TIMEOUT.
 dpk::stop_cluster() {
   [[ ${#DPK_PIDS[@]} -gt 0 ]] || return 0
   local i end=$((SECONDS + STOP_TIMEOUT))
@@ -380,7 +381,7 @@ dpk::stop_cluster() {
       dpk::nap 0.02
     done
   fi
-  if ! dpk::scheduler_alive && [[ -f $DPK_ROLL && ! -s $DPK_ROLL ]]; then
+  if [[ -e $DPK_SCHED_CLOSED ]]; then
     left=()
   else
     for i in "${!DPK_PIDS[@]}"; do

@@ -28,7 +28,7 @@ class JobPlugin(SchedulerPlugin):
 
     name = "dask-pbs-kit"
 
-    def __init__(self, path: str, closed: str = "", stop_wait: float = 5.0) -> None:
+    def __init__(self, path: str, closed: str = "", stop_wait: float = 1.0) -> None:
         self.path = path
         self.closed = closed
         self.stop_wait = stop_wait
@@ -47,9 +47,9 @@ class JobPlugin(SchedulerPlugin):
 
     async def before_close(self) -> None:
         """Tell every nanny to terminate, and wait (up to stop_wait) until every worker has
-        unregistered. The processes' own exit (seconds of CPU for Python to finalize many
-        processes on few cores) is not waited for: PBS ends the job's tasks on every node
-        when the job ends."""
+        unregistered: a second is plenty on nodes of their own. The rest of the processes'
+        exit (seconds of CPU for Python to finalize many processes on few cores) is not
+        waited for: PBS ends the job's tasks on every node when the job ends."""
         if not self.scheduler.workers:
             return
         nannies = {ws.nanny for ws in self.scheduler.workers.values() if ws.nanny}
@@ -82,7 +82,7 @@ class JobPlugin(SchedulerPlugin):
 @click.command()
 @click.option("--dpk-roll", required=True, help="file to keep the registered workers' names in")
 @click.option("--dpk-closed", default="", help="file to create once the scheduler has closed")
-@click.option("--dpk-stop-wait", type=float, default=5.0,
+@click.option("--dpk-stop-wait", type=float, default=1.0,
               help="seconds to wait at close for every worker to unregister")
 def dask_setup(scheduler, dpk_roll: str, dpk_closed: str, dpk_stop_wait: float) -> None:
     scheduler.add_plugin(JobPlugin(dpk_roll, dpk_closed, dpk_stop_wait))
