@@ -176,9 +176,10 @@ def kit_run(nodes: int, nworkers: int) -> tuple:
     return ready, teardown, until_end, left
 
 
-def peer_run(nodes: int, nworkers: int) -> float:
+def peer_run(nodes: int, nworkers: int, timeout: float = 300) -> float | str:
     """dask_jobqueue.PBSCluster submitting nodes-1 worker jobs to the same fake PBS, to the
-    same number of registered workers (its scheduler runs in this process, on tcp)."""
+    same number of registered workers (its scheduler runs in this process, on tcp), or
+    what went wrong."""
     from dask_jobqueue import PBSCluster
     from distributed import Client
 
@@ -193,7 +194,11 @@ def peer_run(nodes: int, nworkers: int) -> float:
                         log_directory=str(tmp / "logs")) as cluster:
             cluster.scale(jobs=nodes - 1)
             with Client(cluster) as client:
-                client.wait_for_workers((nodes - 1) * nworkers, timeout=600)
+                try:
+                    client.wait_for_workers((nodes - 1) * nworkers, timeout=timeout)
+                except Exception:  # reported in the table: its workers gave up
+                    got = len(client.scheduler_info(n_workers=-1)["workers"])
+                    return f"failed: {got}/{(nodes - 1) * nworkers} in {timeout:g} s"
                 ready = time.perf_counter() - start
     finally:
         os.environ.update({k: v for k, v in saved.items() if v is not None})
@@ -227,10 +232,11 @@ def ready_table(sizes: list, nworkers_list: list, runs: int, peer: bool) -> None
                 f_ready, f_down = floor_run(nodes, nworkers)
                 floor.append(f_ready)
                 floor_down.append(f_down)
-                if peer:
+                if peer and not any(isinstance(p, str) for p in peers):
                     peers.append(peer_run(nodes, nworkers))
             ratio = statistics.median(kit) / statistics.median(floor)
-            peer_text = summary(peers) if peers else "-"
+            failed = [p for p in peers if isinstance(p, str)]
+            peer_text = failed[0] if failed else summary(peers) if peers else "-"
             print(f"{nodes:>5} {nworkers:>5} {summary(kit):>22} {summary(floor):>22} {ratio:>9.2f} "
                   f"{peer_text:>22} {summary(down):>22} {summary(ends):>22} {summary(floor_down):>22} {left:>4}",
                   flush=True)
