@@ -97,6 +97,8 @@ dpk::prepare() {
   DPK_ENV_FILE=$LOG_DIR/env.sh
   DPK_ROLL=$LOG_DIR/workers.txt
   DPK_SCHED_CLOSED=$LOG_DIR/scheduler.closed
+  # For the scheduler's plugin, through env.sh (see scheduler_preload.py).
+  export DASK_PBS_KIT_ROLL=$DPK_ROLL DASK_PBS_KIT_CLOSED=$DPK_SCHED_CLOSED DASK_PBS_KIT_STOP_WAIT=1
   DPK_TLS_CONFIG=${SCHEDULER_FILE%.json}.tls.json
   rm -f "$SCHEDULER_FILE" "$DPK_TLS_CONFIG" "$DPK_JOB_SCHEDULER_FILE" "$DPK_ROLL" "$DPK_SCHED_CLOSED"
   dpk::log "job $PBS_JOBID: logs in $LOG_DIR/"
@@ -184,8 +186,7 @@ dpk::start_scheduler() {
   # The preload keeps the registered workers' names in DPK_ROLL (see dpk::wait_ready) and
   # stops the workers when the scheduler closes (see dpk::stop_cluster).
   local -a args=(--scheduler-file "$DPK_JOB_SCHEDULER_FILE" --port "$SCHEDULER_PORT"
-    --preload "$DPK_LIB_DIR/scheduler_preload.py" --dpk-roll "$DPK_ROLL" --dpk-closed "$DPK_SCHED_CLOSED"
-    --dpk-stop-wait 1)
+    --preload "$DPK_LIB_DIR/scheduler_preload.py")
   case $DASHBOARD in
     network) args+=(--dashboard-address ":$DASHBOARD_PORT") ;;
     loopback) args+=(--dashboard-address "127.0.0.1:$DASHBOARD_PORT") ;;

@@ -1,6 +1,8 @@
 """The job's scheduler plugin: a roll of the registered workers, and a fast shutdown.
 
-Loaded by the job's scheduler (dask scheduler --preload scheduler_preload.py --dpk-roll FILE).
+Loaded by the job's scheduler (dask scheduler --preload scheduler_preload.py), with
+DASK_PBS_KIT_ROLL (the roll file), DASK_PBS_KIT_CLOSED (the closed marker) and
+DASK_PBS_KIT_STOP_WAIT (seconds, default 1) in its environment.
 
 - Roll call: the names of the registered workers, in FILE, rewritten at every change. The
   job script waits for it to list every expected worker: the scheduler itself says when
@@ -8,7 +10,7 @@ Loaded by the job's scheduler (dask scheduler --preload scheduler_preload.py --d
   distributed` competing with the workers for the node's cores) to know it.
 - Shutdown: however the scheduler closes (SIGTERM from the job, client.shutdown(), qdel),
   it first tells every nanny to terminate its worker, and closes once every worker has
-  unregistered; then it creates the --dpk-closed file. One signal stops the cluster: no pbsdsh per node, and no worker waiting
+  unregistered; then it creates the closed marker. One signal stops the cluster: no pbsdsh per node, and no worker waiting
   seconds on the broken connection of a scheduler that went first.
 """
 from __future__ import annotations
@@ -18,7 +20,6 @@ import contextlib
 import os
 import time
 
-import click
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 
@@ -79,10 +80,10 @@ class JobPlugin(SchedulerPlugin):
         os.replace(tmp, self.path)  # readers never see half a roll
 
 
-@click.command()
-@click.option("--dpk-roll", required=True, help="file to keep the registered workers' names in")
-@click.option("--dpk-closed", default="", help="file to create once the scheduler has closed")
-@click.option("--dpk-stop-wait", type=float, default=1.0,
-              help="seconds to wait at close for every worker to unregister")
-def dask_setup(scheduler, dpk_roll: str, dpk_closed: str, dpk_stop_wait: float) -> None:
-    scheduler.add_plugin(JobPlugin(dpk_roll, dpk_closed, dpk_stop_wait))
+def dask_setup(scheduler) -> None:
+    """Read where to keep the roll and the closed marker from the environment (the job's
+    env.sh), not from preload options: a preload of the user's own, added with
+    EXTRA_SCHEDULER_ARGS, would be handed those options too."""
+    scheduler.add_plugin(JobPlugin(os.environ["DASK_PBS_KIT_ROLL"],
+                                   os.environ.get("DASK_PBS_KIT_CLOSED", ""),
+                                   float(os.environ.get("DASK_PBS_KIT_STOP_WAIT", "1"))))

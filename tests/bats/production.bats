@@ -86,3 +86,14 @@ PY
   assert_no_job_processes
   [ -z "$(ls "$FAKEPBS_HOME/tmp")" ]
 }
+
+@test "a preload of the user's own (EXTRA_SCHEDULER_ARGS) runs beside the kit's" {
+  printf 'def dask_setup(scheduler):\n    open("preloaded.txt", "w").write("yes")\n' >mine.py
+  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb \
+    -v EXTRA_SCHEDULER_ARGS="--preload $BATS_TEST_TMPDIR/mine.py",PROGRAM=/bin/true
+  [ "$status" -eq 0 ]
+  [ "$(cat preloaded.txt)" = yes ]
+  run job_output dask-wordcount
+  [[ $output == *"cluster ready in"* ]]
+  assert_no_job_processes
+}
