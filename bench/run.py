@@ -32,6 +32,7 @@ DASK = str(Path(PY).with_name("dask"))
 FAKE_PATH = f"{KIT}/tests/fakepbs/bin:/usr/bin:/bin"
 sys.path.insert(0, str(KIT / "tests" / "fakepbs"))
 sys.path.insert(0, str(KIT / "bench"))
+from fakepbs import job_processes  # noqa: E402
 
 
 def timed(cmd: list, runs: int) -> list:
@@ -69,23 +70,6 @@ def helper_start(runs: int) -> None:
         ratio = "" if name.startswith("floor") else f"  ratio {statistics.median(values) / floor:.2f}"
         print(f"  {name:<38} {summary(values, 3)}{ratio}")
     shutil.rmtree(tmp)
-
-
-def job_processes(home: Path) -> list:
-    """Live processes of the fake PBS's jobs under home (they carry FAKEPBS_HOME)."""
-    marker = f"FAKEPBS_HOME={home}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in environ and state != "Z":
-            found.append(int(entry))
-    return found
 
 
 def tls_env(tls: Path) -> dict:

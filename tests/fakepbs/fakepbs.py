@@ -591,6 +591,24 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def job_processes(home) -> list:
+    """Live processes of the jobs run under FAKEPBS_HOME=home, but the caller: every process
+    the fake starts carries that variable (tests and benchmarks check nothing is left)."""
+    marker = f"FAKEPBS_HOME={home}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                environ = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ and pid_alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
 def copy_output(spool: Path, dest: str) -> None:
     data = spool.read_bytes() if spool.exists() else b""
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -14,6 +14,7 @@ KIT = Path(__file__).resolve().parents[2]
 FAKEPBS_BIN = KIT / "tests" / "fakepbs" / "bin"
 sys.path.insert(0, str(KIT / "helpers"))
 sys.path.insert(0, str(KIT / "tests" / "fakepbs"))
+from fakepbs import job_processes  # noqa: E402  (re-exported to the tests)
 DASK = str(Path(sys.executable).with_name("dask"))
 
 
@@ -59,20 +60,3 @@ def fakepbs(tmp_path, monkeypatch):
     import netns  # a failed test must not leave namespaces behind either
 
     netns.clean_all(str(home))
-
-
-def job_processes(home: Path) -> list:
-    """Live processes started by the fake PBS under home (they carry FAKEPBS_HOME)."""
-    marker = f"FAKEPBS_HOME={home}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in environ and state != "Z":
-            found.append(int(entry))
-    return found
