@@ -29,9 +29,20 @@ dpk::die() {
   exit 1
 }
 
-# Seconds since the epoch, with fractions: for the readiness and teardown figures.
+# Set variable $1 to the whole of file $2 (empty if unreadable), without a fork: the
+# teardown path runs on a node whose cores are busy with the workers' exits.
+dpk::read_file() {
+  IFS= read -r -d '' "$1" 2>/dev/null <"$2" || true
+}
+
+# Set variable $1 to the seconds since the epoch, with a fraction: for the readiness and
+# teardown figures.
 dpk::now() {
-  date +%s.%N
+  if [[ -n ${EPOCHREALTIME:-} ]]; then
+    printf -v "$1" '%s' "${EPOCHREALTIME/,/.}"  # bash 5: no fork (the job's locale may say 1,5)
+  else
+    printf -v "$1" '%s' "$(date +%s.%N)"
+  fi
 }
 
 # ------------------------------------------------------------------ knobs
@@ -97,10 +108,12 @@ dpk::prepare() {
   DPK_ENV_FILE=$LOG_DIR/env.sh
   DPK_ROLL=$LOG_DIR/workers.txt
   DPK_SCHED_CLOSED=$LOG_DIR/scheduler.closed
+  DPK_SCHED_DIED=$LOG_DIR/scheduler.died
   # For the scheduler's plugin, through env.sh (see scheduler_preload.py).
-  export DASK_PBS_KIT_ROLL=$DPK_ROLL DASK_PBS_KIT_CLOSED=$DPK_SCHED_CLOSED DASK_PBS_KIT_STOP_WAIT=1
+  export DASK_PBS_KIT_ROLL=$DPK_ROLL DASK_PBS_KIT_CLOSED=$DPK_SCHED_CLOSED DASK_PBS_KIT_STOP_WAIT=0.5
   DPK_TLS_CONFIG=${SCHEDULER_FILE%.json}.tls.json
-  rm -f "$SCHEDULER_FILE" "$DPK_TLS_CONFIG" "$DPK_JOB_SCHEDULER_FILE" "$DPK_ROLL" "$DPK_SCHED_CLOSED"
+  rm -f "$SCHEDULER_FILE" "$DPK_TLS_CONFIG" "$DPK_JOB_SCHEDULER_FILE" "$DPK_ROLL" "$DPK_SCHED_CLOSED" \
+    "$DPK_SCHED_DIED"
   dpk::log "job $PBS_JOBID: logs in $LOG_DIR/"
 }
 
@@ -225,7 +238,7 @@ dpk::wait_ready() {
     --roll "$DPK_ROLL" --workers "$DPK_EXPECTED" --timeout "$READY_TIMEOUT" "${DPK_WATCH[@]}" &
   wait "$!" || status=$?
   [[ $status -eq 0 ]] || dpk::die "the cluster did not start (logs in $LOG_DIR/)"
-  DPK_READY_AT=$(dpk::now)
+  dpk::now DPK_READY_AT
 }
 
 # Copy the per-job scheduler file to SCHEDULER_FILE in one rename: readers see it whole.
@@ -234,10 +247,10 @@ dpk::wait_ready() {
 # (their contents), so that teardown removes the files only if still ours.
 dpk::publish() {
   if [[ -n $DPK_TLS_DIR ]]; then
-    DPK_PUBLISHED_TLS=$(cat "$DPK_TLS_DIR/client-config.json")
+    dpk::read_file DPK_PUBLISHED_TLS "$DPK_TLS_DIR/client-config.json"
     dpk::copy_atomic "$DPK_TLS_DIR/client-config.json" "$DPK_TLS_CONFIG"
   fi
-  DPK_PUBLISHED=$(cat "$DPK_JOB_SCHEDULER_FILE")
+  dpk::read_file DPK_PUBLISHED "$DPK_JOB_SCHEDULER_FILE"
   dpk::copy_atomic "$DPK_JOB_SCHEDULER_FILE" "$SCHEDULER_FILE"
 }
 
@@ -252,9 +265,10 @@ dpk::copy_atomic() {
 # Print where the cluster is and how to reach it (read from the per-job scheduler file:
 # the banner is written before SCHEDULER_FILE is published).
 dpk::banner() {
-  local address
+  local address took
   address=$(sed -n 's/.*"address": *"\([^"]*\)".*/\1/p' "$DPK_JOB_SCHEDULER_FILE")
-  dpk::log "cluster ready in $(dpk::elapsed "$DPK_STARTED" "$DPK_READY_AT") s: $DPK_EXPECTED workers"
+  dpk::elapsed took "$DPK_STARTED" "$DPK_READY_AT"
+  dpk::log "cluster ready in $took s: $DPK_EXPECTED workers"
   printf '  scheduler: %s\n' "$address"
   dpk::banner_dashboard
   dpk::banner_connect
@@ -295,9 +309,12 @@ dpk::banner_connect() {
     "$DPK_TLS_DIR" "$DPK_TLS_CONFIG"
 }
 
-# Seconds between two dpk::now stamps, two decimals.
+# Set variable $1 to the seconds between two dpk::now stamps, two decimals, without a
+# fork (bash has no floating point). Arguments: name from to.
 dpk::elapsed() {
-  awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'
+  local from=${2#*.}00 to=${3#*.}00
+  local -i cs=$(((${3%%.*} - ${2%%.*}) * 100 + 10#${to:0:2} - 10#${from:0:2}))
+  printf -v "$1" '%d.%02d' $((cs / 100)) $((cs % 100))
 }
 
 # ------------------------------------------------------------------ holding or running
@@ -308,10 +325,12 @@ dpk::scheduler_alive() {
   kill -0 "$DPK_SCHED_PID" 2>/dev/null && [[ ! -e $DPK_SCHED_CLOSED ]]
 }
 
-# Sleep a little in a way a trapped signal interrupts at once.
+# Sleep a little in a way a trapped signal interrupts at once, without a fork: a read
+# with a timeout on a pipe that nobody writes to (the job's own end of it). The waits
+# of the teardown run while the node's cores are busy with the workers' exits.
 dpk::nap() {
-  sleep "${1:-0.2}" &
-  wait "$!" || true
+  [[ -n ${DPK_NAP_FD:-} ]] || exec {DPK_NAP_FD}<> <(:)
+  read -r -t "${1:-0.2}" -u "$DPK_NAP_FD" || true
 }
 
 # Interactive mode: keep the cluster until the walltime less WALLTIME_MARGIN, or until
@@ -338,50 +357,76 @@ dpk::hold() {
   return 0
 }
 
-# Production mode: run PROGRAM from the submit folder; its status is the job's.
-# A scheduler that dies meanwhile stops the program and fails the job. Sets DPK_STATUS.
+# Production mode: run PROGRAM from the submit folder; its status is the job's. The job
+# waits for the program itself (and so sees it end at once); a watcher beside it stops
+# the program and fails the job if the scheduler dies meanwhile. A scheduler closed
+# cleanly (the program called client.shutdown()) stops nothing: the program may have
+# work left that needs no cluster. Sets DPK_STATUS.
 dpk::run_program() {
   dpk::log "running: ${DPK_PROGRAM[*]} (in $PBS_O_WORKDIR)"
   export DASK_SCHEDULER_FILE=$SCHEDULER_FILE
   (cd "$PBS_O_WORKDIR" && exec "${DPK_PROGRAM[@]}") &
   DPK_PROGRAM_PID=$!
-  while kill -0 "$DPK_PROGRAM_PID" 2>/dev/null; do
-    if ! dpk::scheduler_alive; then
-      dpk::warn "the scheduler exited while the program ran (see $LOG_DIR/scheduler-$DPK_SCHED_CHUNK.log): stopping the program"
-      kill -TERM "$DPK_PROGRAM_PID" 2>/dev/null
-      wait "$DPK_PROGRAM_PID" 2>/dev/null || true
-      DPK_PROGRAM_PID=""
-      DPK_STATUS=1
-      return
-    fi
-    dpk::nap 0.1
-  done
+  dpk::watch_scheduler "$DPK_PROGRAM_PID" &
+  DPK_WATCHER_PID=$!
   DPK_STATUS=0
   wait "$DPK_PROGRAM_PID" || DPK_STATUS=$?
+  dpk::now DPK_PROGRAM_END
   DPK_PROGRAM_PID=""
-  DPK_PROGRAM_END=$(dpk::now)
-  dpk::log "the program exited with status $DPK_STATUS"
+  dpk::stop_watcher
+  if [[ -e $DPK_SCHED_DIED ]]; then
+    DPK_STATUS=1
+  else
+    dpk::log "the program exited with status $DPK_STATUS"
+  fi
+}
+
+# Stop the scheduler watcher of dpk::run_program, if any.
+dpk::stop_watcher() {
+  [[ -n ${DPK_WATCHER_PID:-} ]] || return 0
+  kill "$DPK_WATCHER_PID" 2>/dev/null || true
+  wait "$DPK_WATCHER_PID" 2>/dev/null || true
+  DPK_WATCHER_PID=""
+}
+
+# In the background, beside the program (argument: its PID): if the scheduler's task
+# ends without the scheduler having closed (a crash, the OOM killer), say so, mark
+# DPK_SCHED_DIED and stop the program, which would otherwise wait on a cluster that is
+# gone. Checks twice a second.
+dpk::watch_scheduler() {
+  while kill -0 "$DPK_SCHED_PID" 2>/dev/null; do
+    dpk::nap 0.5
+  done
+  [[ -e $DPK_SCHED_CLOSED ]] && return 0
+  : >"$DPK_SCHED_DIED"
+  dpk::warn "the scheduler died while the program ran (see $LOG_DIR/scheduler-$DPK_SCHED_CHUNK.log): stopping the program"
+  kill -TERM "$1" 2>/dev/null
 }
 
 # ------------------------------------------------------------------ shutting down
 
-# Stop the cluster. One SIGTERM to the scheduler does it: its plugin tells every nanny to
-# terminate its worker, gives the workers a second to unregister, closes the scheduler
-# (which also tells every worker to close) and writes DPK_SCHED_CLOSED. What is left then
-# is Dask processes finishing their exit, which PBS ends with the job on every node.
+# Stop the cluster, in two calls: dpk::stop_scheduler sends the scheduler its SIGTERM, and
+# dpk::stop_cluster waits for it to close and stops what is left. One SIGTERM to the
+# scheduler does it all: its plugin tells every worker to close, gives them up to half a
+# second to unregister, closes the scheduler and writes DPK_SCHED_CLOSED. What is left
+# then is Dask processes finishing their exit, which PBS ends with the job on every node.
 # Otherwise (the scheduler had died, or did not close) every task still running gets its
 # own SIGTERM through pbsdsh, and SIGKILL past STOP_TIMEOUT.
+dpk::stop_scheduler() {
+  DPK_KILLERS=()
+  [[ ${#DPK_PIDS[@]} -gt 0 && -n ${DPK_SCHED_INDEX:-} ]] || return 0
+  DPK_STOP_BY=$((SECONDS + STOP_TIMEOUT))
+  dpk::scheduler_alive && dpk::signal_tasks "$DPK_SCHED_INDEX"
+  return 0
+}
+
 dpk::stop_cluster() {
   [[ ${#DPK_PIDS[@]} -gt 0 ]] || return 0
-  local i end=$((SECONDS + STOP_TIMEOUT))
+  local i end=${DPK_STOP_BY:-$((SECONDS + STOP_TIMEOUT))}
   local -a left=()
-  DPK_KILLERS=()
-  if dpk::scheduler_alive; then
-    dpk::signal_tasks "$DPK_SCHED_INDEX"
-    while dpk::scheduler_alive && [[ $SECONDS -lt $end ]]; do
-      dpk::nap 0.02
-    done
-  fi
+  while dpk::scheduler_alive && [[ $SECONDS -lt $end ]]; do
+    dpk::nap 0.02
+  done
   if [[ -e $DPK_SCHED_CLOSED ]]; then
     left=()
   else
@@ -405,7 +450,7 @@ dpk::signal_tasks() {
   local i pid
   for i in "$@"; do
     kill -0 "${DPK_PIDS[i]}" 2>/dev/null || continue
-    pid=$(cat "${DPK_PIDFILES[i]}" 2>/dev/null) || continue
+    read -r pid 2>/dev/null <"${DPK_PIDFILES[i]}" || continue
     [[ $pid =~ ^[0-9]+$ ]] || continue
     if [[ ${DPK_LINES[i]} == 0 ]]; then
       kill -TERM "$pid" 2>/dev/null  # node-file line 0 is this node, the mother superior
@@ -451,9 +496,9 @@ dpk::unpublish() {
 # Remove a published file unless another job has replaced it. Arguments: path content.
 dpk::remove_if_ours() {
   [[ -n $1 ]] || return 0
-  if [[ -n $2 && -f $1 && $(cat "$1") == "$2" ]]; then
-    rm -f "$1"
-  fi
+  local now=""
+  [[ -n $2 && -f $1 ]] && dpk::read_file now "$1"
+  [[ -n $2 && $now == "$2" ]] && rm -f "$1"
   rm -f "$1.$PBS_JOBID.tmp"
 }
 
@@ -465,18 +510,22 @@ dpk::remove_tls() {
 
 # EXIT trap: stop the program and the cluster, whatever ended the script.
 dpk::on_exit() {
-  local status=$?
+  local status=$? now took
   trap - EXIT TERM INT HUP
   set +e
   if [[ -n ${DPK_PROGRAM_PID:-} ]]; then
     kill -TERM "$DPK_PROGRAM_PID" 2>/dev/null
   fi
+  dpk::stop_watcher
+  dpk::stop_scheduler  # first: the files below go while it closes
   dpk::unpublish
   dpk::stop_cluster
   [[ -n ${DPK_TLS_PID:-} ]] && wait "$DPK_TLS_PID" 2>/dev/null
   dpk::remove_tls
   if [[ -n ${DPK_PROGRAM_END:-} ]]; then
-    dpk::log "cluster stopped $(dpk::elapsed "$DPK_PROGRAM_END" "$(dpk::now)") s after the program ended; exit status $status"
+    dpk::now now
+    dpk::elapsed took "$DPK_PROGRAM_END" "$now"
+    dpk::log "cluster stopped $took s after the program ended; exit status $status"
   else
     dpk::log "cluster stopped; exit status $status"
   fi
@@ -498,7 +547,7 @@ dpk::on_signal() {
 # Run the cluster. Argument: interactive (hold until walltime) or production (PROGRAM).
 dpk::main() {
   DPK_MODE=${1:?dpk::main needs interactive or production}
-  DPK_STARTED=$(dpk::now)
+  dpk::now DPK_STARTED
   DPK_PIDS=() DPK_LINES=() DPK_PIDFILES=() DPK_WATCH=() DPK_STATUS=0
   dpk::check_knobs
   # Split PROGRAM once, before anything starts: a blank one is refused here.

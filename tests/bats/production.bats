@@ -38,9 +38,10 @@ load test_helper
 
 @test "a scheduler that dies while the program runs ends the job promptly with a failure" {
   cat >kill_scheduler.py <<'PY'
-import os, time
+import os, signal, time
 from distributed import Client
-Client(scheduler_file=os.environ["DASK_SCHEDULER_FILE"]).shutdown()
+client = Client(scheduler_file=os.environ["DASK_SCHEDULER_FILE"])
+os.kill(client.run_on_scheduler(os.getpid), signal.SIGKILL)  # a crash: no clean close
 time.sleep(120)
 PY
   SECONDS=0
@@ -48,7 +49,25 @@ PY
   [ "$status" -eq 1 ]
   [ "$SECONDS" -lt 60 ]
   run job_output dask-wordcount
-  [[ $output == *"the scheduler exited while the program ran"* ]]
+  [[ $output == *"the scheduler died while the program ran"* ]]
+  assert_no_job_processes
+}
+
+@test "a program that shuts the cluster down itself keeps its own status and its time" {
+  cat >shutdown_first.py <<'PY'
+import os, sys, time
+from distributed import Client
+Client(scheduler_file=os.environ["DASK_SCHEDULER_FILE"]).shutdown()
+time.sleep(2)  # work that needs no cluster: the job must not cut it short
+open("after-shutdown.txt", "w").write("done")
+sys.exit(3)
+PY
+  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM="python3 shutdown_first.py"
+  [ "$status" -eq 3 ]
+  [ "$(cat after-shutdown.txt)" = done ]
+  run job_output dask-wordcount
+  [[ $output == *"the program exited with status 3"* ]]
+  [[ $output != *"died"* ]]
   assert_no_job_processes
 }
 
@@ -78,7 +97,7 @@ PY
   run job_output dask-wordcount
   [[ $output =~ cluster\ stopped\ [0-9.]+\ s\ after\ the\ program\ ended ]]
   logs=(dask-logs/*)
-  # Every worker process stopped because the scheduler's plugin told its nanny to.
+  # Every worker process stopped because the scheduler's plugin told it to.
   [ "$(cat "${logs[0]}"/worker-*.log | grep -c 'Stopping worker at .* Reason: dask-pbs-kit: job ending')" -eq 6 ]
   [ -e "${logs[0]}/scheduler.closed" ]
   [ ! -s "${logs[0]}/workers.txt" ]
