@@ -216,7 +216,7 @@ dpk::start_scheduler() {
 
 # Start the worker processes of every worker chunk (one pbsdsh task per chunk).
 dpk::start_workers() {
-  local i
+  local i threads="${DPK_W_THREADS[0]} threads"
   local -a extra args
   read -r -a extra <<<"$EXTRA_WORKER_ARGS"
   for i in "${!DPK_W_CHUNK[@]}"; do
@@ -227,8 +227,9 @@ dpk::start_workers() {
     args+=("${extra[@]}")
     dpk::start_task worker "${DPK_W_CHUNK[i]}" "${DPK_W_LINE[i]}" "${DPK_W_NODE[i]}" "${args[@]}"
   done
+  [[ ${DPK_W_THREADS[0]} == 1 ]] && threads="1 thread"
   dpk::log "starting $DPK_EXPECTED worker processes on ${#DPK_W_CHUNK[@]} chunks" \
-    "($NWORKERS per chunk, ${DPK_W_THREADS[0]} threads and ${DPK_W_MEMORY[0]} bytes each on chunk ${DPK_W_CHUNK[0]})"
+    "($NWORKERS per chunk, $threads and ${DPK_W_MEMORY[0]} bytes each on chunk ${DPK_W_CHUNK[0]})"
 }
 
 # Wait for the scheduler file and every worker, or fail naming what is missing.
