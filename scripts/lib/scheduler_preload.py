@@ -2,7 +2,7 @@
 
 Loaded by the job's scheduler (dask scheduler --preload scheduler_preload.py), with
 DASK_PBS_KIT_ROLL (the roll file), DASK_PBS_KIT_CLOSED (the closed marker) and
-DASK_PBS_KIT_STOP_WAIT (seconds, default 1) in its environment.
+DASK_PBS_KIT_STOP_WAIT (seconds, default 0.5) in its environment.
 
 - Roll call: the names of the registered workers, in FILE, rewritten at every change. The
   job script waits for it to list every expected worker: the scheduler itself says when
@@ -31,7 +31,7 @@ class JobPlugin(SchedulerPlugin):
 
     name = "dask-pbs-kit"
 
-    def __init__(self, path: str, closed: str = "", stop_wait: float = 1.0) -> None:
+    def __init__(self, path: str, closed: str = "", stop_wait: float = 0.5) -> None:
         self.path = path
         self.closed = closed
         self.stop_wait = stop_wait
@@ -86,4 +86,4 @@ def dask_setup(scheduler) -> None:
     EXTRA_SCHEDULER_ARGS, would be handed those options too."""
     scheduler.add_plugin(JobPlugin(os.environ["DASK_PBS_KIT_ROLL"],
                                    os.environ.get("DASK_PBS_KIT_CLOSED", ""),
-                                   float(os.environ.get("DASK_PBS_KIT_STOP_WAIT", "1"))))
+                                   float(os.environ.get("DASK_PBS_KIT_STOP_WAIT", "0.5"))))
