@@ -171,19 +171,24 @@ def peer_run(nodes: int, nworkers: int, timeout: float = 300) -> float | str:
     home = tmp / "pbs"
     saved = {k: os.environ.get(k) for k in ("PATH", "FAKEPBS_HOME")}
     os.environ.update(PATH=FAKE_PATH, FAKEPBS_HOME=str(home))
+    result: float | str = "failed: did not start"
     try:
         start = time.perf_counter()
-        with PBSCluster(cores=nworkers, processes=nworkers, memory=f"{nworkers}GB", walltime="00:30:00",
-                        interface="lo", scheduler_options={"interface": "lo", "dashboard_address": ":0"},
-                        log_directory=str(tmp / "logs")) as cluster:
-            cluster.scale(jobs=nodes - 1)
-            with Client(cluster) as client:
-                try:
-                    client.wait_for_workers((nodes - 1) * nworkers, timeout=timeout)
-                except Exception:  # reported in the table: its workers gave up
-                    got = len(client.scheduler_info(n_workers=-1)["workers"])
-                    return f"failed: {got}/{(nodes - 1) * nworkers} in {timeout:g} s"
-                ready = time.perf_counter() - start
+        try:
+            with PBSCluster(cores=nworkers, processes=nworkers, memory=f"{nworkers}GB", walltime="00:30:00",
+                            interface="lo", scheduler_options={"interface": "lo", "dashboard_address": ":0"},
+                            log_directory=str(tmp / "logs")) as cluster:
+                cluster.scale(jobs=nodes - 1)
+                with Client(cluster) as client:
+                    try:
+                        client.wait_for_workers((nodes - 1) * nworkers, timeout=timeout)
+                        result = time.perf_counter() - start
+                    except Exception:  # reported in the table: its workers gave up
+                        got = len(client.scheduler_info(n_workers=-1)["workers"])
+                        result = f"failed: {got}/{(nodes - 1) * nworkers} in {timeout:g} s"
+        except Exception as exc:  # its own close can fail too (seen: a KeyError in SpecCluster)
+            print(f"bench: the peer's PBSCluster failed ({type(exc).__name__}: {exc}); its figure: {result}",
+                  file=sys.stderr)
     finally:
         os.environ.update({k: v for k, v in saved.items() if v is not None})
         deadline = time.monotonic() + 30
@@ -192,7 +197,7 @@ def peer_run(nodes: int, nworkers: int, timeout: float = 300) -> float | str:
         for pid in job_processes(home):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
-    return ready
+    return result
 
 
 def ready_table(sizes: list, nworkers_list: list, runs: int, peer: bool) -> None:
