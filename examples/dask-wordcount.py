@@ -33,6 +33,39 @@ def count_lines(lines) -> Counter:
     return counts
 
 
+def pieces(files: list, blocksize: int | None) -> list:
+    """(path, start, length): byte ranges of at most blocksize that cover every file, so that
+    several workers share a big file (None: one range per file). Empty files have none."""
+    out = []
+    for path in files:
+        size = os.path.getsize(path)
+        step = blocksize or size or 1  # (an empty file has no range)
+        out.extend((path, start, step) for start in range(0, size, step))
+    return out
+
+
+def lines_in_range(path: str, start: int, length: int):
+    """The lines of a file that begin in its bytes [start, start + length), decoded, read one
+    at a time: the ranges of a file share out its lines, each line read once, and no range
+    is ever held whole in memory. (A UTF-8 newline byte is never part of another
+    character, so lines can be cut on bytes.)"""
+    with open(path, "rb") as fh:
+        if start:
+            fh.seek(start - 1)
+            fh.readline()  # the rest of a line that began before start: an earlier range's
+        pos, end = fh.tell(), start + length
+        for raw in fh:
+            if pos >= end:
+                break
+            pos += len(raw)
+            yield raw.decode("utf-8", "replace")
+
+
+def count_piece(piece: tuple) -> Counter:
+    """The word counts of one (path, start, length) range."""
+    return count_lines(lines_in_range(*piece))
+
+
 def merge(counters) -> Counter:
     total: Counter = Counter()
     for counts in counters:
@@ -52,15 +85,24 @@ def expand(patterns: list) -> list:
     return files
 
 
-def wordcount(client, files: list, blocksize: str | None = "64MiB",
+def wordcount(client, files: list, blocksize: str | int | None = "64MiB",
               show_progress: bool | None = None) -> Counter:
-    """The word counts of files on the client's cluster; a progress bar on a terminal or in
-    a PBS job's output unless show_progress is False."""
+    """The word counts of files on the client's cluster, one task per range of at most
+    blocksize bytes, each streaming its lines from the shared file system; a progress bar
+    on a terminal or in a PBS job's output unless show_progress is False.
+
+    (dask.bag.read_text would do too, but it reads each block whole and makes a list of its
+    lines before counting: measured on 2 cores, that costs 5-10% of the speed.)"""
     import dask.bag as db
+    from dask.utils import parse_bytes
     from distributed import progress
 
-    bag = db.read_text(files, blocksize=blocksize, encoding="utf-8", errors="replace")
-    future = client.compute(bag.reduction(count_lines, merge))
+    size = parse_bytes(blocksize) if isinstance(blocksize, str) else blocksize
+    work = pieces(files, size)
+    if not work:
+        return Counter()
+    bag = db.from_sequence(work, npartitions=len(work)).map(count_piece)
+    future = client.compute(bag.reduction(merge, merge))
     if show_progress is None:
         show_progress = sys.stdout.isatty() or bool(os.environ.get("PBS_JOBID"))
     if show_progress:

@@ -37,6 +37,30 @@ def test_wordcount_equals_counter_over_the_same_files(client, tmp_path):
     assert wc.wordcount(client, files, blocksize="64B") == expected  # many partitions
 
 
+@pytest.mark.parametrize("text", [
+    b"one two\nthree\n\nfour five six\n",
+    b"no newline at the end\nlast",
+    b"crlf\r\nlines\r\n",
+    "h\u00e9llo w\u00f6rld\nna\u00efve\n".encode(),
+    b"",
+])
+def test_the_ranges_of_a_file_share_out_its_lines_exactly_once(tmp_path, text):
+    wc = load("dask-wordcount")
+    path = tmp_path / "f.txt"
+    path.write_bytes(text)
+    whole = [line.decode("utf-8") for line in text.splitlines(keepends=True)]
+    for blocksize in range(1, len(text) + 2):  # every cut: inside a line, on a newline, past the end
+        got = [line for piece in wc.pieces([str(path)], blocksize) for line in wc.lines_in_range(*piece)]
+        assert got == whole, blocksize
+    assert [line for piece in wc.pieces([str(path)], None) for line in wc.lines_in_range(*piece)] == whole
+
+
+def test_wordcount_of_no_text_is_empty(client, tmp_path):
+    wc = load("dask-wordcount")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    assert wc.wordcount(client, [str(tmp_path / "empty.txt")]) == Counter()
+
+
 def test_wordcount_default_input_is_the_stdlib_and_matches_counter(client):
     wc = load("dask-wordcount")
     files = wc.default_files()
