@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import re
@@ -172,6 +173,11 @@ def peer_run(nodes: int, nworkers: int, timeout: float = 300) -> float | str:
     saved = {k: os.environ.get(k) for k in ("PATH", "FAKEPBS_HOME")}
     os.environ.update(PATH=FAKE_PATH, FAKEPBS_HOME=str(home))
     result: float | str = "failed: did not start"
+    # Its scheduler runs here and logs to stderr, between the table's rows: the table says
+    # how it ended instead.
+    dask_log = logging.getLogger("distributed")
+    saved_level = dask_log.level
+    dask_log.setLevel(logging.CRITICAL)
     try:
         start = time.perf_counter()
         try:
@@ -190,6 +196,7 @@ def peer_run(nodes: int, nworkers: int, timeout: float = 300) -> float | str:
             print(f"bench: the peer's PBSCluster failed ({type(exc).__name__}: {exc}); its figure: {result}",
                   file=sys.stderr)
     finally:
+        dask_log.setLevel(saved_level)
         os.environ.update({k: v for k, v in saved.items() if v is not None})
         deadline = time.monotonic() + 30
         while job_processes(home) and time.monotonic() < deadline:
