@@ -180,21 +180,20 @@ def peer_run(nodes: int, nworkers: int, timeout: float = 300) -> float | str:
     dask_log.setLevel(logging.CRITICAL)
     try:
         start = time.perf_counter()
-        try:
-            with PBSCluster(cores=nworkers, processes=nworkers, memory=f"{nworkers}GB", walltime="00:30:00",
-                            interface="lo", scheduler_options={"interface": "lo", "dashboard_address": ":0"},
-                            log_directory=str(tmp / "logs")) as cluster:
-                cluster.scale(jobs=nodes - 1)
-                with Client(cluster) as client:
-                    try:
-                        client.wait_for_workers((nodes - 1) * nworkers, timeout=timeout)
-                        result = time.perf_counter() - start
-                    except Exception:  # reported in the table: its workers gave up
-                        got = len(client.scheduler_info(n_workers=-1)["workers"])
-                        result = f"failed: {got}/{(nodes - 1) * nworkers} in {timeout:g} s"
-        except Exception as exc:  # its own close can fail too (seen: a KeyError in SpecCluster)
-            print(f"bench: the peer's PBSCluster failed ({type(exc).__name__}: {exc}); its figure: {result}",
-                  file=sys.stderr)
+        with PBSCluster(cores=nworkers, processes=nworkers, memory=f"{nworkers}GB", walltime="00:30:00",
+                        interface="lo", scheduler_options={"interface": "lo", "dashboard_address": ":0"},
+                        log_directory=str(tmp / "logs")) as cluster:
+            cluster.scale(jobs=nodes - 1)
+            with Client(cluster) as client:
+                try:
+                    client.wait_for_workers((nodes - 1) * nworkers, timeout=timeout)
+                    result = time.perf_counter() - start
+                except Exception:  # reported in the table: its workers gave up
+                    got = len(client.scheduler_info(n_workers=-1)["workers"])
+                    result = f"failed: {got}/{(nodes - 1) * nworkers} in {timeout:g} s"
+    except Exception as exc:  # its own close can fail too (seen: a KeyError in SpecCluster)
+        print(f"bench: the peer's PBSCluster failed ({type(exc).__name__}: {exc}); its figure: {result}",
+              file=sys.stderr)
     finally:
         dask_log.setLevel(saved_level)
         os.environ.update({k: v for k, v in saved.items() if v is not None})

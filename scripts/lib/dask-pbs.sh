@@ -395,7 +395,7 @@ dpk::stop_watcher() {
 # DPK_SCHED_DIED and stop the program, which would otherwise wait on a cluster that is
 # gone. Checks twice a second.
 dpk::watch_scheduler() {
-  while kill -0 "$DPK_SCHED_PID" 2>/dev/null; do
+  while dpk::scheduler_alive; do
     dpk::nap 0.5
   done
   [[ -e $DPK_SCHED_CLOSED ]] && return 0
@@ -413,17 +413,17 @@ dpk::watch_scheduler() {
 # then is Dask processes finishing their exit, which PBS ends with the job on every node.
 # Otherwise (the scheduler had died, or did not close) every task still running gets its
 # own SIGTERM through pbsdsh, and SIGKILL past STOP_TIMEOUT.
+# Both set and read DPK_KILLERS (the second pbsdsh runs) and DPK_STOP_BY (the deadline).
 dpk::stop_scheduler() {
-  DPK_KILLERS=()
+  DPK_KILLERS=() DPK_STOP_BY=$((SECONDS + STOP_TIMEOUT))
   [[ ${#DPK_PIDS[@]} -gt 0 && -n ${DPK_SCHED_INDEX:-} ]] || return 0
-  DPK_STOP_BY=$((SECONDS + STOP_TIMEOUT))
   dpk::scheduler_alive && dpk::signal_tasks "$DPK_SCHED_INDEX"
   return 0
 }
 
 dpk::stop_cluster() {
   [[ ${#DPK_PIDS[@]} -gt 0 ]] || return 0
-  local i end=${DPK_STOP_BY:-$((SECONDS + STOP_TIMEOUT))}
+  local i end=$DPK_STOP_BY
   local -a left=()
   while dpk::scheduler_alive && [[ $SECONDS -lt $end ]]; do
     dpk::nap 0.02
@@ -498,8 +498,10 @@ dpk::unpublish() {
 dpk::remove_if_ours() {
   [[ -n $1 ]] || return 0
   local now=""
-  [[ -n $2 && -f $1 ]] && dpk::read_file now "$1"
-  [[ -n $2 && $now == "$2" ]] && rm -f "$1"
+  if [[ -n $2 && -f $1 ]]; then
+    dpk::read_file now "$1"
+    [[ $now == "$2" ]] && rm -f "$1"
+  fi
   rm -f "$1.$PBS_JOBID.tmp"
 }
 
