@@ -114,6 +114,15 @@ def tls(argv: list) -> None:
     tls_files.create(operands[0], opts.get("--name", "job"), days, opts.get("--backend", "auto"))
 
 
+# Commands whose code lives in a module of their own: the module loads only when its
+# command runs (each has `cli(argv: list) -> None`, printing its output and raising KitError).
+MODULE_COMMANDS = {
+    "wait-ready": "ready",      # wait for the scheduler and every worker (the job runs it)
+    "banner": "banner",         # the lines that say where the cluster is and how to reach it
+    "interface": "netif",       # INTERFACE=auto: this node's interface for Dask
+}
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -134,6 +143,10 @@ def main(argv=None) -> int:
             envfile.write_env_file(operands[0], os.environ)
         elif command == "tls":
             tls(rest)
+        elif command in MODULE_COMMANDS:
+            import importlib
+
+            importlib.import_module(f".{MODULE_COMMANDS[command]}", __package__).cli(rest)
         else:
             raise KitError(f"unknown command {command!r}\n{__doc__.strip()}", USAGE)
         return 0
