@@ -17,3 +17,6 @@ NOT_SCHEDULER = 5
 NO_DASHBOARD = 6
 BAD_VALUE = 7
 NO_TLS_TOOL = 8
+NOT_READY = 9          # wait-ready: the cluster was not whole within the timeout
+PROCESS_EXITED = 10    # wait-ready: a watched task ended before the cluster was ready
+NO_INTERFACE = 11      # interface: no interface for Dask could be chosen on this node
