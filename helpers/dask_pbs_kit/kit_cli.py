@@ -120,6 +120,7 @@ MODULE_COMMANDS = {
     "wait-ready": "ready",      # wait for the scheduler and every worker (the job runs it)
     "banner": "banner",         # the lines that say where the cluster is and how to reach it
     "interface": "netif",       # INTERFACE=auto: this node's interface for Dask
+    "host-memory": "host_memory",  # a worker's --memory-limit on its own host (cgroup, RAM)
 }
 
 
