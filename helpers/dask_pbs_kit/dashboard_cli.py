@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         return 0
     except KitError as exc:
         stream = sys.stdout if exc.code == 0 else sys.stderr
-        prefix = "" if exc.code == 0 else "dashboard_url: "
+        prefix = "" if exc.code == 0 else "dask-pbs: dashboard_url.py: "
         print(f"{prefix}{exc}", file=stream)
         return exc.code
 

@@ -77,7 +77,7 @@ def test_each_error_has_its_message_and_exit_status(tmp_path, capsys, content, c
     assert dashboard_cli.main([path]) == code
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("dashboard_url: ")
+    assert captured.err.startswith("dask-pbs: dashboard_url.py: ")
     assert message in captured.err
     assert captured.err.count("\n") == 1
 
