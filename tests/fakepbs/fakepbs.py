@@ -1,13 +1,14 @@
 """A fake PBS Pro for one machine: qsub, pbsdsh, qstat, qdel and the MoM that runs jobs.
 
 Only the batch system is fake; every process it starts is real. Behaviour follows
-OpenPBS (src/cmds/qsub.c, pbsdsh.c, src/resmom/): see ../../README.md, "The fake PBS".
+OpenPBS (src/cmds/qsub.c, pbsdsh.c, qstat.c, qdel.c, src/resmom/): see README.md beside
+this file, which also lists the FAKEPBS_* settings that turn on what sites run.
 
 State lives under $FAKEPBS_HOME (default /tmp/fakepbs-<uid>): jobs/<seq>/ holds the
 job's attributes (job.json), spooled script, node file, output spool and task registry.
-Settings for tests: FAKEPBS_KILL_DELAY (s between SIGTERM and SIGKILL, default 10),
-FAKEPBS_POLL (MoM's limit-check period, default 0.2 s), FAKEPBS_SERVER (default fakepbs),
-FAKEPBS_NETNS=1 (each node its own network namespace with an ib0: see netns.py).
+Modules beside this one: resources.py (select, schedselect, placement), qstat_output.py
+(qstat's text and JSON), launch_hook.py (GPU variables), cgroups.py (memory cgroups),
+netns.py (network namespaces).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import fcntl
 import json
 import os
 import pwd
-import re
+import random
 import shlex
 import signal
 import socket
@@ -25,16 +26,21 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import launch_hook  # noqa: E402
+import qstat_output  # noqa: E402
+from resources import (  # noqa: E402
+    INT_RESOURCES, SIZE_RESOURCES, chunks_of, exec_host, exec_vnode, format_hms, host_memory,
+    host_of_chunks, nodefile_lines, parse_size, parse_walltime, resource_list, schedselect,
+    split_select,
+)
+
 BIN = HERE / "bin"
 QUEUE = "workq"
 FIVE_YEARS = 5 * 365 * 24 * 3600
 WALLTIME_EXIT = -29
-SIZE_RE = re.compile(r"^(\d+)([kmgtp]?)([bw]?)$", re.IGNORECASE)
-WALLTIME_RE = re.compile(r"^\d+(:\d+){0,2}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9_+.\-]{1,230}$")
-INT_RESOURCES = {"ncpus", "mpiprocs", "ompthreads", "ngpus", "nodect"}
-SIZE_RESOURCES = {"mem", "vmem", "pmem"}
-PER_HOST_VARS = {"PBS_NODENUM", "PBS_TASKNUM", "TMPDIR", "NCPUS", "OMP_NUM_THREADS", "PBS_NODEFILE"}
+TM_ESYSTEM = 17000  # src/include/tm_.h
+NAME_RE = __import__("re").compile(r"^[A-Za-z0-9_+.\-]{1,230}$")
 
 
 class PBSError(Exception):
@@ -58,16 +64,21 @@ def server() -> str:
     return os.environ.get("FAKEPBS_SERVER", "fakepbs")
 
 
-def next_counter(path: Path) -> int:
-    """Increment an integer file under an exclusive lock (job and task numbers)."""
+def next_counter(path: Path, key: str = "") -> int:
+    """Increment a counter in a file under an exclusive lock (job and task numbers);
+    with key, one counter per key in the same file."""
     with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         fh.seek(0)
         text = fh.read().strip()
-        value = int(text) + 1 if text else 1
+        counters = json.loads(text) if key and text else {}
+        if key:
+            value = counters[key] = counters.get(key, 0) + 1
+        else:
+            value = int(text) + 1 if text else 1
         fh.seek(0)
         fh.truncate()
-        fh.write(str(value))
+        fh.write(json.dumps(counters) if key else str(value))
         return value
 
 
@@ -90,86 +101,11 @@ def save_job(jdir: Path, job: dict) -> None:
 
 # ---------------------------------------------------------------- resources
 
-def parse_size(text: str) -> int:
-    """PBS size: integer, optional k/m/g/t/p (powers of 1024), optional b or w (8 bytes)."""
-    m = SIZE_RE.match(text)
-    if not m:
-        raise ValueError(text)
-    number, scale, unit = int(m.group(1)), m.group(2).lower(), m.group(3).lower()
-    factor = 1024 ** "_kmgtp".index(scale) if scale else 1
-    return number * factor * (8 if unit == "w" else 1)
-
-
-def format_size(nbytes: int) -> str:
-    for suffix, factor in (("tb", 1024**4), ("gb", 1024**3), ("mb", 1024**2), ("kb", 1024)):
-        if nbytes and nbytes % factor == 0:
-            return f"{nbytes // factor}{suffix}"
-    return f"{nbytes}b"
-
-
-def parse_walltime(text: str) -> int:
-    if not WALLTIME_RE.match(text):
-        raise ValueError(text)
-    seconds = 0
-    for part in text.split(":"):
-        seconds = seconds * 60 + int(part)
-    return seconds
-
-
-def format_hms(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def parse_select(text: str) -> list[dict]:
-    """Expand 'N:res=v:...+...' into one dict per chunk (PBS Pro chunk syntax)."""
-    chunks: list[dict] = []
-    for group in text.split("+"):
-        parts = group.split(":")
-        count = 1
-        if parts and parts[0].isdigit():
-            count = int(parts.pop(0))
-        if count < 1:
-            raise ValueError(group)
-        chunk: dict = {}
-        for part in parts:
-            key, sep, value = part.partition("=")
-            if not sep or not key or not value:
-                raise ValueError(part)
-            if key in INT_RESOURCES:
-                if not value.isdigit():
-                    raise ValueError(part)
-                chunk[key] = int(value)
-            elif key in SIZE_RESOURCES:
-                chunk[key] = format_size(parse_size(value))
-            else:
-                chunk[key] = value
-        chunk.setdefault("ncpus", 1)
-        chunk.setdefault("mpiprocs", 1 if chunk["ncpus"] > 0 else 0)
-        chunks.extend(dict(chunk) for _ in range(count))
-    return chunks
-
-
-def resource_list(resources: dict) -> dict:
-    """Resource_List as qstat shows it, job-wide sums included."""
-    chunks = parse_select(resources["select"])
-    out = dict(resources)
-    out["ncpus"] = sum(c["ncpus"] for c in chunks)
-    out["nodect"] = len(chunks)
-    mems = [parse_size(c["mem"]) for c in chunks if "mem" in c]
-    if mems:
-        out["mem"] = format_size(sum(mems))
-    out.setdefault("place", "free")
-    out["walltime"] = format_hms(resources["walltime_s"])
-    out.pop("walltime_s", None)
-    return out
-
-
 def check_resource(key: str, value: str) -> None:
     """Refuse what the server refuses, with qsub's wording."""
     try:
         if key == "select":
-            parse_select(value)
+            split_select(value)
         elif key == "walltime":
             parse_walltime(value)
         elif key in SIZE_RESOURCES:
@@ -180,6 +116,37 @@ def check_resource(key: str, value: str) -> None:
         raise PBSError(
             f"qsub: Illegal attribute or resource value Resource_List.{key}", 2
         ) from None
+
+
+def settings(environ=os.environ) -> dict:
+    """The FAKEPBS_* modes, read by qsub and kept in job.json: a running job keeps them."""
+    def choice(name: str, allowed: tuple, default: str) -> str:
+        value = environ.get(name, "") or default
+        if value not in allowed:
+            raise PBSError(f"qsub: {name}={value}: not one of {'|'.join(allowed)}", 2)
+        return value
+
+    def flag(name: str) -> bool:
+        return environ.get(name, "").lower() in ("1", "yes", "true")
+
+    fail = environ.get("FAKEPBS_SPAWN_FAIL", "")
+    if fail and not all(p.strip().isdigit() for p in fail.split(",")):
+        raise PBSError(f"qsub: FAKEPBS_SPAWN_FAIL={fail}: host indices, e.g. 1,2", 2)
+    return {
+        "qstat_json": choice("FAKEPBS_QSTAT_JSON", ("valid", "released", "none"), "valid"),
+        "default_chunk": environ.get("FAKEPBS_DEFAULT_CHUNK", ""),
+        "launch_hook": flag("FAKEPBS_LAUNCH_HOOK"),
+        "gpu_ids": choice("FAKEPBS_GPU_IDS", ("uuid", "index"), "uuid"),
+        "start": choice("FAKEPBS_START", ("direct", "login"), "direct"),
+        "profile": environ.get("FAKEPBS_PROFILE", ""),
+        "spawn_fail": sorted({int(p) for p in fail.split(",") if p.strip()}),
+        "nodefile": choice("FAKEPBS_NODEFILE", ("standard", "nas"), "standard"),
+        "fqdn": environ.get("FAKEPBS_FQDN", "").strip("."),
+        "cgroup": flag("FAKEPBS_CGROUP"),
+        "cgroup_default": environ.get("FAKEPBS_CGROUP_DEFAULT", "") or "256mb",
+        "netns_links": environ.get("FAKEPBS_NETNS_LINKS", "") or "ib0",
+        "netns_resolve": environ.get("FAKEPBS_NETNS_RESOLVE", ""),
+    }
 
 
 # ---------------------------------------------------------------- qsub
@@ -301,31 +268,45 @@ def qsub(argv: list[str]) -> int:
             opts[key].update(value)
         else:
             opts[key] = value
+    modes = settings()
     res = opts["resources"]
     res.setdefault("select", "1:ncpus=1")
     res["walltime_s"] = parse_walltime(res.pop("walltime", "")) if "walltime" in res else FIVE_YEARS
-    chunks = parse_select(res["select"])
+    try:
+        sched = schedselect(res["select"], modes["default_chunk"])
+    except ValueError:
+        raise PBSError("qsub: Illegal attribute or resource value Resource_List.select", 2) from None
+    chunks = chunks_of(sched, nas=modes["nodefile"] == "nas")
+    chunk_host = host_of_chunks(len(chunks), res.get("place", "free"))
     name = opts.get("N") or Path(script).name
     if not NAME_RE.match(name):
         raise PBSError(f"qsub: illegal -N value {name!r} (set a job name with -N)", 2)
 
     seq = next_counter(home() / "seq")
     jobid = f"{seq}.{server()}"
+    nodes = [f"node{i:02d}" + (f".{modes['fqdn']}" if modes["fqdn"] else "")
+             for i in range(max(chunk_host) + 1)]
+    network = cgroup_spec = None
+    try:
+        if netns_module().wanted():
+            network = netns_module().plan(str(home()), seq, nodes, modes["netns_links"],
+                                          modes["netns_resolve"], nodes)
+        if modes["cgroup"]:
+            default = parse_size(modes["cgroup_default"].lower().replace("ib", "b"))
+            limits = [host_memory(chunks, chunk_host, h) or default for h in range(len(nodes))]
+            cgroup_spec = cgroups_module().plan(str(home()), seq, [n.split(".")[0] for n in nodes], limits)
+    except (netns_module().NetnsError, cgroups_module().CgroupError) as exc:
+        raise PBSError(f"qsub: {exc}", 1) from None
+    except ValueError:
+        raise PBSError(f"qsub: FAKEPBS_CGROUP_DEFAULT={modes['cgroup_default']}: not a PBS size", 2) from None
     jdir = home() / "jobs" / str(seq)
     jdir.mkdir(mode=0o700)
     (jdir / "tasks").mkdir()
     (jdir / "script.SC").write_text(text)
+    os.chmod(jdir / "script.SC", 0o700)  # the login shell runs it by its path
     workdir = os.environ.get("PWD") or os.getcwd()
     if not os.path.exists(workdir) or not os.path.samefile(workdir, "."):
         workdir = os.getcwd()
-    env_vars = job_variable_list(opts, workdir)
-    nodes = [f"node{i:02d}" for i in range(len(chunks))]
-    network = None
-    if netns_module().wanted():
-        try:
-            network = netns_module().plan(str(home()), seq, nodes)
-        except netns_module().NetnsError as exc:
-            raise PBSError(f"qsub: {exc}", 1) from None
     job = {
         "id": jobid,
         "seq": seq,
@@ -335,9 +316,12 @@ def qsub(argv: list[str]) -> int:
         "account": opts.get("A"),
         "state": "Q",
         "resources": res,
+        "schedselect": sched,
         "chunks": chunks,
+        "chunk_host": chunk_host,
         "nodes": nodes,
-        "variables": env_vars,
+        "variables": job_variable_list(opts, workdir),
+        "submit_args": " ".join(argv),
         "workdir": workdir,
         "output": output_path(opts.get("o"), workdir, name, seq, "o", jobid),
         "error": output_path(opts.get("e"), workdir, name, seq, "e", jobid),
@@ -347,6 +331,10 @@ def qsub(argv: list[str]) -> int:
         "python": sys.executable,
         "home": str(home()),
         "netns": network,
+        "cgroup": cgroup_spec,
+        "modes": modes,
+        "cookie": job_cookie(),
+        "ctime": time.time(),
     }
     save_job(jdir, job)
     mom = subprocess.Popen(
@@ -360,6 +348,11 @@ def qsub(argv: list[str]) -> int:
         job = load_job(jdir)
         return int(job.get("exit_status", 0)) % 256
     return 0
+
+
+def job_cookie() -> str:
+    """src/resmom/start_exec.c: 32 upper-case hex digits, four "%.8lX" of random()."""
+    return "".join(f"{random.getrandbits(31):08X}" for _ in range(4))
 
 
 def output_path(path: str | None, workdir: str, name: str, seq: int, kind: str, jobid: str) -> str:
@@ -407,7 +400,7 @@ def base_env(job: dict) -> dict:
         "PBS_JOBNAME": job["name"],
         "PBS_JOBID": job["id"],
         "PBS_QUEUE": job["queue"],
-        "PBS_JOBCOOKIE": f"{job['seq']:032X}",
+        "PBS_JOBCOOKIE": job["cookie"],
         "PBS_MOMPORT": "15003",
         "PBS_ENVIRONMENT": "PBS_BATCH",
         "ENVIRONMENT": "BATCH",
@@ -422,41 +415,59 @@ def node_tmpdir(job: dict, host_index: int) -> str:
     return os.path.join(job["home"], "tmp", f"pbs.{job['id']}.{job['nodes'][host_index]}")
 
 
-def host_env(job: dict, host_index: int) -> dict:
-    """Per-host part: the chunk's NCPUS/OMP_NUM_THREADS, the node's TMPDIR, PBS_NODENUM."""
-    chunk = job["chunks"][host_index]
-    threads = chunk.get("ompthreads", chunk["ncpus"])
-    tmpdir = node_tmpdir(job, host_index)
+def chunk_env(job: dict, chunk_index: int, script: bool) -> dict:
+    """NCPUS/OMP_NUM_THREADS of the vnode entry a process starts on (start_exec.c):
+    ompthreads, else ncpus. NAS builds (localmod 020) set OMP_NUM_THREADS=1 in tasks, and
+    in the job script unless schedselect names ompthreads."""
+    chunk = job["chunks"][chunk_index]
+    threads = str(chunk.get("ompthreads", chunk.get("ncpus", 0)))
+    omp = threads
+    if job["modes"]["nodefile"] == "nas" and (not script or "ompthreads" not in job["schedselect"]):
+        omp = "1"
+    return {"NCPUS": threads, "OMP_NUM_THREADS": omp}
+
+
+def host_env(job: dict, host: int) -> dict:
+    """Per-host part: the node's TMPDIR, PBS_NODENUM, the launch hook's variables, and
+    FAKEPBS_HOST_INDEX (the fake's own record of where a process runs)."""
+    tmpdir = node_tmpdir(job, host)
     os.makedirs(tmpdir, mode=0o700, exist_ok=True)
-    return {
-        "NCPUS": str(threads),
-        "OMP_NUM_THREADS": str(threads),
-        "TMPDIR": tmpdir,
-        "PBS_NODENUM": str(host_index),
-    }
+    env = {"TMPDIR": tmpdir, "PBS_NODENUM": str(host), "FAKEPBS_HOST_INDEX": str(host)}
+    env.update(launch_hook.launch_env(job, host))
+    return env
 
 
-def nodefile_lines(job: dict) -> list[int]:
-    """Host index of each PBS_NODEFILE line: one per mpiproc, in chunk order."""
-    lines: list[int] = []
-    for index, chunk in enumerate(job["chunks"]):
-        lines.extend([index] * chunk["mpiprocs"])
-    return lines
+def job_nodefile_lines(job: dict) -> list[tuple[int, int]]:
+    return nodefile_lines(job["chunks"], job["chunk_host"])
 
 
 def netns_module():
     """netns.py, loaded only by jobs that ask for namespaces (FAKEPBS_NETNS=1)."""
-    sys.path.insert(0, str(HERE))
     import netns
 
     return netns
+
+
+def cgroups_module():
+    import cgroups
+
+    return cgroups
 
 
 def on_node(job: dict, host: int) -> list:
     """The words that make a program run on node host: nothing on loopback."""
     if not job.get("netns"):
         return []
-    return netns_module().exec_prefix(job["netns"], host, job["nodes"][host])
+    setup = cgroups_module().mount_words(job["cgroup"]) if job.get("cgroup") else ""
+    return netns_module().exec_prefix(job["netns"], host, job["nodes"][host], setup)
+
+
+def in_cgroup(job: dict, host: int):
+    """preexec_fn that puts the child in its host's memory cgroup before it runs anything."""
+    if not job.get("cgroup"):
+        return None
+    spec = job["cgroup"]
+    return lambda: cgroups_module().join(spec, host)
 
 
 def signal_group(pgid: int, sig: int) -> None:
@@ -476,15 +487,52 @@ def registered_tasks(jdir: Path) -> list[dict]:
     return tasks
 
 
+def session_alive(sid: int) -> bool:
+    """Is any process of session sid left (MoM's bld_ptree over /proc)?"""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            return True
+    return False
+
+
+def shell_command(job: dict, jdir: Path) -> tuple[list[str], int | None]:
+    """The job's top process and its stdin. direct: `bash script` (no shebang). login: as
+    MoM with SHELL_INVOKE (start_exec.c): the user's shell as a login shell ("-bash")
+    reading the spooled script's path from a pipe; the shell runs it as a child, so its
+    shebang counts. --noprofile keeps this machine's profile files out; FAKEPBS_PROFILE
+    plays the site's /etc/profile, and PBS's bin is added as profile.d/pbs.sh does."""
+    script = str(jdir / "script.SC")
+    if job["modes"]["start"] != "login":
+        return [*on_node(job, 0), "/bin/bash", script], None
+    read_fd, write_fd = os.pipe()
+    lines = []
+    if job["modes"]["profile"]:
+        lines.append(f". {shlex.quote(job['modes']['profile'])}")
+    lines.append(f'case ":$PATH:" in *":{BIN}:"*) ;; *) PATH="$PATH:{BIN}";; esac')
+    lines.append(shlex.quote(script))
+    os.write(write_fd, ("\n".join(lines) + "\n").encode())
+    os.close(write_fd)
+    # exec -a: argv[0] "-bash", what makes bash a login shell, with the pid kept.
+    return [*on_node(job, 0), "/bin/bash", "-c", "exec -a -bash /bin/bash --noprofile"], read_fd
+
+
 def mom(jdir_text: str) -> int:
     """Run one job to its end, as the mother superior's MoM does."""
     jdir = Path(jdir_text)
     job = load_job(jdir)
     os.umask(0o077)
     nodefile = jdir / "nodefile"
-    nodefile.write_text("".join(job["nodes"][i] + "\n" for i in nodefile_lines(job)))
+    nodefile.write_text("".join(job["nodes"][host] + "\n" for host, _ in job_nodefile_lines(job)))
     os.chmod(nodefile, 0o644)
     env = base_env(job)
+    env.update(chunk_env(job, 0, script=True))
     env.update(host_env(job, 0))
     user = job["owner"].split("@")[0]
     env.update({
@@ -498,31 +546,57 @@ def mom(jdir_text: str) -> int:
     spool_e = spool_o if job["join"] == "oe" else open(jdir / "spool.e", "ab")
     if job["join"] == "eo":
         spool_o = spool_e
-    script = jdir / "script.SC"
-    if job.get("netns"):
-        try:
+    try:
+        if job.get("cgroup"):
+            cgroups_module().up(job["cgroup"])
+        if job.get("netns"):
             netns_module().up(job["netns"])
-        except netns_module().NetnsError as exc:
-            spool_e.write(f"=>> PBS: job failed to start: {exc}\n".encode())
-            finish_job(jdir, job, -1, spool_o, spool_e)  # JOB_EXEC_FAIL1
-            return 0
+    except (netns_module().NetnsError, cgroups_module().CgroupError) as exc:
+        spool_e.write(f"=>> PBS: job failed to start: {exc}\n".encode())
+        finish_job(jdir, job, -1, spool_o, spool_e)  # JOB_EXEC_FAIL1
+        return 0
     start = time.time()
     job.update(state="R", stime=start)
     save_job(jdir, job)
+    argv, stdin = shell_command(job, jdir)
     shell = subprocess.Popen(
-        [*on_node(job, 0), "/bin/bash", str(script)], cwd=env["HOME"], env=env,
-        stdin=subprocess.DEVNULL, stdout=spool_o, stderr=spool_e, start_new_session=True,
+        argv, cwd=env["HOME"], env=env, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+        stdout=spool_o, stderr=spool_e, start_new_session=True, preexec_fn=in_cgroup(job, 0),
     )
+    if stdin is not None:
+        os.close(stdin)
     job["shell_pid"] = shell.pid
     save_job(jdir, job)
+    status, exit_status = watch_job(jdir, job, shell, start, spool_e)
+    if exit_status is None:
+        exit_status = status if status >= 0 else 256 - status
+    # The script has ended: every task left on any node is killed at once.
+    signal_group(shell.pid, signal.SIGKILL)
+    for task in registered_tasks(jdir):
+        signal_group(task["pgid"], signal.SIGKILL)
+    finish_job(jdir, job, exit_status, spool_o, spool_e)
+    return 0
+
+
+def watch_job(jdir: Path, job: dict, shell: subprocess.Popen, start: float, spool_e):
+    """MoM's poll loop: walltime, qdel, SIGTERM then SIGKILL after kill_delay. With the
+    login shell the top process dies of the SIGTERM at once while the script, orphaned,
+    runs its trap: the job ends at the next poll that finds the session empty, or at
+    kill_delay (mom_start.c scan_for_terminated, JOB_SVFLG_TERMJOB; mom_mach.c cput_sum;
+    mom_main.c kill_job)."""
     killed_at = None
     exit_status = None
+    status = None
     while True:
-        try:
-            status = shell.wait(timeout=job["poll"])
-            break
-        except subprocess.TimeoutExpired:
-            pass
+        if status is None:
+            try:
+                status = shell.wait(timeout=job["poll"])
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            time.sleep(job["poll"])
+        if status is not None and (killed_at is None or not session_alive(shell.pid)):
+            return status, exit_status
         now = time.time()
         if killed_at is None:
             reason = None
@@ -539,14 +613,8 @@ def mom(jdir_text: str) -> int:
                 killed_at = now
         elif now - killed_at > job["kill_delay"]:
             terminate_mother_superior(jdir, shell.pid, signal.SIGKILL)
-    if exit_status is None:
-        exit_status = status if status >= 0 else 256 - status
-    # The script has ended: every task left on any node is killed at once.
-    signal_group(shell.pid, signal.SIGKILL)
-    for task in registered_tasks(jdir):
-        signal_group(task["pgid"], signal.SIGKILL)
-    finish_job(jdir, job, exit_status, spool_o, spool_e)
-    return 0
+            if status is not None:
+                return status, exit_status
 
 
 def terminate_mother_superior(jdir: Path, shell_pid: int, sig: int) -> None:
@@ -575,6 +643,8 @@ def finish_job(jdir: Path, job: dict, exit_status: int, spool_o, spool_e) -> Non
         remove_tree(node_tmpdir(job, index))
     if job.get("netns"):
         netns_module().down(job["netns"])
+    if job.get("cgroup"):
+        cgroups_module().down(job["cgroup"])
     for path in (jdir / "tasks").glob("*.json"):
         path.unlink(missing_ok=True)
     for name in ("nodefile", "spool.o", "spool.e", "script.SC", "delete"):
@@ -591,13 +661,27 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def ancestors() -> set:
+    """This process and its ancestors (a helper's own shell may carry FAKEPBS_HOME)."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return found
+
+
 def job_processes(home) -> list:
     """Live processes of the jobs run under FAKEPBS_HOME=home, but the caller: every process
     the fake starts carries that variable (tests and benchmarks check nothing is left)."""
     marker = f"FAKEPBS_HOME={home}".encode()
     found = []
+    mine = ancestors()
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit() or int(entry) in mine:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as fh:
@@ -633,47 +717,52 @@ def remove_tree(path: str) -> None:
 
 # ---------------------------------------------------------------- pbsdsh
 
-PBSDSH_USAGE = (
+PBSDSH_USAGE = (  # src/cmds/pbsdsh.c main (23.06: getopt "c:n:svo")
     "Usage: pbsdsh [-c copies][-s][-v][-o] -- program [args...]\n"
-    "       pbsdsh [-n node_index][-s][-v][-o] -- program [args...]"
+    "       pbsdsh [-n node_index][-s][-v][-o] -- program [args...]\n"
+    "       pbsdsh --version\n"
+    "Where -c copies =  run a copy of \"program\" on the first \"copies\" nodes,\n"
+    "      -n node_index = run a copy of \"program\" on the \"node_index\"-th node,\n"
+    "      -s = forces synchronous execution,\n"
+    "      -v = forces verbose output.\n"
+    "      -o = no obits are waited for."
 )
 
 
-def pbsdsh(argv: list[str]) -> int:
-    copies = node = None
-    sync = verbose = no_obit = False
+def pbsdsh_options(argv: list[str]) -> tuple[dict, list[str]]:
+    """getopt("c:n:svo") as glibc does it, stopping at "--" or the first operand."""
+    opts = {"c": None, "n": None, "s": False, "v": False, "o": False}
     i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+        if argv[i] == "--":
             i += 1
             break
-        if not arg.startswith("-") or arg == "-":
-            break
-        flag, rest = arg[1:2], arg[2:]
-        if flag in "cn":
-            if not rest:
-                if i + 1 >= len(argv):
+        arg, j = argv[i], 1
+        while j < len(arg):
+            flag = arg[j]
+            if flag in "cn":
+                value = arg[j + 1:]
+                if not value:
+                    i += 1
+                    if i >= len(argv):
+                        raise PBSError(f"pbsdsh: option requires an argument -- '{flag}'\n{PBSDSH_USAGE}", 1)
+                    value = argv[i]
+                number = int(value) if value.lstrip("-").isdigit() else 0  # atoi()
+                if number < 0:
                     raise PBSError(PBSDSH_USAGE, 1)
-                rest = argv[i + 1]
-                i += 1
-            try:
-                value = int(rest)
-            except ValueError:
-                value = 0  # atoi()
-            if value < 0:
-                raise PBSError(PBSDSH_USAGE, 1)
-            if flag == "c":
-                copies = value
-            else:
-                node = value
-        elif flag in "svo" and not rest:
-            sync, verbose, no_obit = sync or flag == "s", verbose or flag == "v", no_obit or flag == "o"
-        else:
-            raise PBSError(PBSDSH_USAGE, 1)
+                opts[flag] = number
+                break
+            if flag not in "svo":
+                raise PBSError(f"pbsdsh: invalid option -- '{flag}'\n{PBSDSH_USAGE}", 1)
+            opts[flag] = True
+            j += 1
         i += 1
-    program = argv[i:]
-    if not program or (copies is not None and node is not None):
+    return opts, argv[i:]
+
+
+def pbsdsh(argv: list[str]) -> int:
+    opts, program = pbsdsh_options(argv)
+    if not program or (opts["c"] is not None and opts["n"] is not None):
         raise PBSError(PBSDSH_USAGE, 1)
     if "PBS_ENVIRONMENT" not in os.environ:
         raise PBSError("pbsdsh: not executing under PBS", 1)
@@ -682,44 +771,60 @@ def pbsdsh(argv: list[str]) -> int:
         job = load_job(jdir)
     except (KeyError, OSError, PBSError):
         raise PBSError("pbsdsh: tm_init failed, rc = TM_ESYSTEM (17000)", 1) from None
-    lines = nodefile_lines(job)
-    if node is not None:
-        targets = [lines[node % len(lines)]]
+    lines = job_nodefile_lines(job)
+    if opts["n"] is not None:
+        targets = [opts["n"] % len(lines)]
     else:
-        count = len(lines) if copies is None else copies
-        targets = [lines[c % len(lines)] for c in range(count)]
-    return run_tasks(jdir, job, targets, program, sync, verbose, no_obit)
+        count = len(lines) if opts["c"] is None else opts["c"]
+        targets = [c % len(lines) for c in range(count)]
+    return run_tasks(jdir, job, targets, program, opts)
 
 
-def task_env(jdir: Path, job: dict, host: int) -> dict:
+def task_id(jdir: Path, job: dict, host: int) -> int:
+    """MoM's task number (mom_comm.c momtask_create): a per-host counter (the job shell
+    is task 1 on the first host) with the host's number in the top bits."""
+    counter = next_counter(jdir / "taskseq", str(host)) + (1 if host == 0 else 0)
+    shift = 32 - len(job_nodefile_lines(job)).bit_length()
+    return (host << shift | counter) & 0xFFFFFFFF
+
+
+def task_env(jdir: Path, job: dict, line: int, tid: int) -> dict:
     """The environment MoM builds for a task: nothing from the job script's own changes."""
+    host, chunk = job_nodefile_lines(job)[line]
     env = base_env(job)
+    env.update(chunk_env(job, chunk, script=False))
     env.update(host_env(job, host))
-    taskno = next_counter(jdir / "taskseq")
-    env["PBS_TASKNUM"] = f"{taskno:08x}"
+    env["PBS_TASKNUM"] = f"{tid:08X}"
     if host != 0:
         env["PBS_NODEFILE"] = str(jdir / "nodefile")
     return env
 
 
-def spawn_task(jdir: Path, job: dict, host: int, program: list[str]) -> subprocess.Popen | None:
-    env = task_env(jdir, job, host)
+def spawn_task(jdir: Path, job: dict, line: int, program: list[str]) -> tuple[subprocess.Popen, int] | None:
+    host = job_nodefile_lines(job)[line][0]
+    if host in job["modes"]["spawn_fail"]:
+        return None  # FAKEPBS_SPAWN_FAIL: that host's MoM refuses the spawn
+    tid = task_id(jdir, job, host)
+    env = task_env(jdir, job, line, tid)
     out = open(jdir / "spool.o", "ab")
     err = out if job["join"] == "oe" else open(jdir / ("spool.o" if job["join"] == "eo" else "spool.e"), "ab")
     try:
         proc = subprocess.Popen(
-            [*on_node(job, host), *program], cwd=env["HOME"], env=env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=err, start_new_session=True, umask=0o077, close_fds=True,
+            [*on_node(job, host), *program], cwd=env["HOME"], env=env, stdin=subprocess.DEVNULL,
+            stdout=out, stderr=err, start_new_session=True, umask=0o077, close_fds=True,
+            preexec_fn=in_cgroup(job, host),
         )
     except OSError:
-        return None
+        # exec failed: MoM's child exits 254 (start_exec.c start_process)
+        proc = subprocess.Popen(["/bin/sh", "-c", "exit 254"], stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     finally:
         out.close()
         if err is not out:
             err.close()
-    record = {"pid": proc.pid, "pgid": proc.pid, "host": host, "node": job["nodes"][host]}
+    record = {"pid": proc.pid, "pgid": proc.pid, "host": host, "node": job["nodes"][host], "tid": tid}
     (jdir / "tasks" / f"{proc.pid}.json").write_text(json.dumps(record))
-    return proc
+    return proc, tid
 
 
 def end_task(jdir: Path, proc: subprocess.Popen) -> int:
@@ -730,39 +835,63 @@ def end_task(jdir: Path, proc: subprocess.Popen) -> int:
     return status if status >= 0 else 256 - status
 
 
-def run_tasks(jdir, job, targets, program, sync, verbose, no_obit) -> int:
-    procs: list[tuple[int, subprocess.Popen]] = []
+class Tasks:
+    """pbsdsh's tm_spawn/tm_obit bookkeeping (pbsdsh.c wait_for_task)."""
 
-    def bail(signum, _frame):
-        for index, proc in procs:
-            if proc.poll() is None:
-                print(f"pbsdsh: killing task 0x{index:08X} signal {signum}", flush=True)
-                signal_group(proc.pid, signum)
-        sys.exit(1)
+    def __init__(self, jdir: Path, verbose: bool) -> None:
+        self.jdir, self.verbose = jdir, verbose
+        self.running: dict[int, tuple[subprocess.Popen, int]] = {}
+        self.fire = 0  # bailout(): the signal that arrived
+        self.event = 1  # tm_init took event 1
+
+    def new_event(self) -> int:
+        self.event += 1
+        return self.event
+
+    def wait(self, only: int | None = None) -> None:
+        """Report obits as tasks end; on SIGHUP/INT/TERM, tm_kill every task still
+        running with it, print "pbsdsh: killing task ..." for each and exit 1 at once."""
+        while any(only is None or index == only for index in self.running):
+            if self.fire:
+                for _, (proc, tid) in sorted(self.running.items()):
+                    print(f"pbsdsh: killing task 0x{tid:08X} signal {self.fire}", flush=True)
+                    signal_group(proc.pid, self.fire)
+                os._exit(1)
+            for index, (proc, _) in sorted(self.running.items()):
+                if (only is None or index == only) and proc.poll() is not None:
+                    del self.running[index]
+                    status = end_task(self.jdir, proc)
+                    if status != 0 or self.verbose:
+                        print(f"pbsdsh: task 0x{index:08X} exit status {status}", flush=True)
+            time.sleep(0.02)
+
+
+def run_tasks(jdir: Path, job: dict, targets: list[int], program: list[str], opts: dict) -> int:
+    tasks = Tasks(jdir, opts["v"])
+
+    def bailout(signum, _frame):
+        tasks.fire = signum
 
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, bail)
-    if no_obit and os.fork() != 0:
+        signal.signal(sig, bailout)
+    if opts["o"] and os.fork() != 0:
         os._exit(0)  # pbsdsh -o returns at once; the tasks stay under "MoM" (this child)
-    for index, host in enumerate(targets):
-        proc = spawn_task(jdir, job, host, program)
-        if proc is None:
-            print(f"pbsdsh: task 0x{index:08X} exit status 254", flush=True)
+    for index, line in enumerate(targets):
+        spawned = spawn_task(jdir, job, line, program)
+        event = tasks.new_event()
+        if spawned is None:
+            # The MoM's TM_ERROR reply carries TM_ESYSTEM (mom_comm.c); no obit, no status.
+            print(f"error {TM_ESYSTEM} on spawn", file=sys.stderr, flush=True)
             continue
-        if verbose:
-            print(f"pbsdsh: spawned task 0x{index:08X} on logical node {host}", flush=True)
-        procs.append((index, proc))
-        if sync:
-            report(index, end_task(jdir, proc), verbose)
-    if not sync:
-        for index, proc in procs:
-            report(index, end_task(jdir, proc), verbose)
+        if opts["v"]:
+            print(f"pbsdsh: spawned task 0x{index:08X} on logical node {line} event {event}", flush=True)
+        tasks.running[index] = spawned
+        if opts["s"] and not opts["o"]:
+            tasks.new_event()  # tm_obit, registered before the next spawn
+        if opts["s"]:
+            tasks.wait(index)
+    tasks.wait()
     return 0
-
-
-def report(index: int, status: int, verbose: bool) -> None:
-    if status != 0 or verbose:
-        print(f"pbsdsh: task 0x{index:08X} exit status {status}", flush=True)
 
 
 # ---------------------------------------------------------------- qstat / qdel
@@ -779,49 +908,108 @@ def all_jobs(include_finished: bool) -> list[tuple[Path, dict]]:
     return found
 
 
-def job_attributes(job: dict) -> dict:
-    attrs = {
-        "Job_Name": job["name"],
-        "Job_Owner": job["owner"],
-        "job_state": job["state"],
-        "queue": job["queue"],
-        "Resource_List": resource_list(job["resources"]),
-        "exec_host": "+".join(
-            f"{node}/0*{chunk['ncpus']}" for node, chunk in zip(job["nodes"], job["chunks"])
-        ),
-        "Output_Path": job["output"],
-        "Error_Path": job["error"],
-    }
-    if "stime" in job:
-        attrs["stime"] = time.ctime(job["stime"])
+def job_attributes(job: dict) -> list[tuple[str, str | None, str]]:
+    """(name, resource, value) in the server's order (master_job_attr_def.xml), the values
+    as the server encodes them. schedselect is manager-only (ATR_DFLAG_MGRD): root sees it."""
+    host = socket.gethostname()
+    hosts = job["nodes"]
+    running = "stime" in job
+    attrs: list[tuple[str, str | None, str]] = [
+        ("Job_Name", None, job["name"]), ("Job_Owner", None, job["owner"])]
+    if running:
         end = job.get("end", time.time())
-        attrs["resources_used"] = {"walltime": format_hms(end - job["stime"])}
+        used_cpus = str(sum(c.get("ncpus", 0) for c in job["chunks"]))
+        attrs += [("resources_used", "ncpus", used_cpus),
+                  ("resources_used", "walltime", format_hms(end - job["stime"]))]
+    attrs += [("job_state", None, job["state"]), ("queue", None, job["queue"]),
+              ("server", None, server())]
+    if job.get("account"):
+        attrs.append(("Account_Name", None, job["account"]))
+    attrs += [("Checkpoint", None, "u"), ("ctime", None, time.ctime(job["ctime"])),
+              ("Error_Path", None, f"{host}:{job['error']}")]
+    if running:
+        attrs += [("exec_host", None, exec_host(job["chunks"], hosts, job["chunk_host"])),
+                  ("exec_vnode", None, exec_vnode(job["chunks"], hosts, job["chunk_host"]))]
+    attrs += [("Hold_Types", None, "n"), ("Join_Path", None, job["join"]),
+              ("Keep_Files", None, "n"), ("Mail_Points", None, "a"),
+              ("mtime", None, time.ctime(job.get("end") or job.get("stime") or job["ctime"])),
+              ("Output_Path", None, f"{host}:{job['output']}"), ("Priority", None, "0"),
+              ("qtime", None, time.ctime(job["ctime"])), ("Rerunable", None, "True")]
+    attrs += [("Resource_List", k, v) for k, v in resource_list(job["resources"], job["chunks"]).items()]
+    if os.geteuid() == 0:
+        attrs.append(("schedselect", None, job["schedselect"]))
+    if running:
+        attrs += [("stime", None, time.ctime(job["stime"])),
+                  ("session_id", None, str(job.get("shell_pid", 0))),
+                  ("jobdir", None, os.path.expanduser("~")),
+                  ("substate", None, "92" if job["state"] == "F" else "42")]
+    attrs.append(("Variable_List", None, qstat_output.encode_arst_bs(
+        [f"{k}={v}" for k, v in job["variables"].items()])))
+    attrs += [("etime", None, time.ctime(job["ctime"])), ("run_count", None, "1" if running else "0")]
     if job["state"] == "F":
-        attrs["Exit_status"] = job["exit_status"]
-    attrs["Variable_List"] = job["variables"]
+        attrs.append(("Exit_status", None, str(job["exit_status"])))
+    attrs += [("Submit_arguments", None, job.get("submit_args", "")),
+              ("project", None, "_pbs_project_default"), ("Submit_Host", None, host)]
     return attrs
 
 
-def qstat(argv: list[str]) -> int:
-    full = as_json = history = False
-    ids: list[str] = []
+def qstat_options(argv: list[str], mode: str) -> tuple[dict, list[str]]:
+    """getopt over qstat's options; what this fake answers: -f -x -w -F json|dsv (-F from
+    PBS Pro 18; with FAKEPBS_QSTAT_JSON=none, PBS Pro 14's option set)."""
+    usage = qstat_output.USAGE_14 if mode == "none" else qstat_output.USAGE_18
+    takes_value = set("uWD") | (set() if mode == "none" else {"F"})
+    known = set("ainpqrstwxfGHJMQBT1") | takes_value | (set() if mode == "none" else {"E"})
+    opts: dict = {"f": False, "x": False, "w": False, "F": None}
+    errors = []
     i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "-f":
-            full = True
-        elif arg == "-x":
-            history = True
-        elif arg == "-F":
-            if i + 1 >= len(argv) or argv[i + 1] != "json":
-                raise PBSError("qstat: only -F json is supported by the fake", 2)
-            as_json = True
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+        if argv[i] == "--":
             i += 1
-        elif arg.startswith("-"):
-            raise PBSError(f"qstat: invalid option -- '{arg[1:]}'", 2)
-        else:
-            ids.append(arg)
+            break
+        arg, j = argv[i], 1
+        while j < len(arg):
+            flag = arg[j]
+            if flag not in known:
+                errors.append(f"qstat: invalid option -- '{flag}'")
+                j += 1
+                continue
+            if flag in takes_value:
+                value = arg[j + 1:]
+                if not value:
+                    i += 1
+                    if i >= len(argv):
+                        errors.append(f"qstat: option requires an argument -- '{flag}'")
+                        break
+                    value = argv[i]
+                if flag == "F":
+                    if value.lower() not in ("json", "dsv", "default"):
+                        errors.append("")
+                    opts["F"] = value.lower()
+                break
+            opts[flag] = True
+            j += 1
         i += 1
+    if not errors and opts["F"] not in (None, "default") and not opts["f"]:
+        errors.append("qstat: conflicting options.")
+    if not errors and opts["w"] and opts["F"] not in (None, "default"):
+        errors.append("qstat: option w cannot be used with -F")
+    if errors:
+        text = "".join(e + "\n" for e in errors if e)
+        raise PBSError(text + usage.rstrip("\n"), 2)
+    return opts, argv[i:]
+
+
+def qstat(argv: list[str]) -> int:
+    mode = "valid"
+    ids_hint = [a for a in argv if not a.startswith("-")]
+    if ids_hint:  # a job's mode is its own, taken at qsub time
+        try:
+            mode = load_job(job_dir(ids_hint[-1]))["modes"]["qstat_json"]
+        except (OSError, PBSError, KeyError, ValueError):
+            pass
+    else:
+        mode = settings()["qstat_json"]
+    opts, ids = qstat_options(argv, mode)
     if ids:
         selected = []
         for jobid in ids:
@@ -830,44 +1018,58 @@ def qstat(argv: list[str]) -> int:
                 job = load_job(jdir)
             except OSError:
                 raise PBSError(f"qstat: Unknown Job Id {jobid}", 153) from None
-            if job["state"] == "F" and not history:
+            if job["state"] == "F" and not opts["x"]:
                 raise PBSError(f"qstat: {jobid} Job has finished, use -x or -H to obtain historical job information", 35)
             selected.append(job)
     else:
-        selected = [job for _, job in all_jobs(history)]
-    if as_json:
-        print(json.dumps({
-            "timestamp": int(time.time()),
-            "pbs_version": "fake-23.06",
-            "pbs_server": server(),
-            "Jobs": {job["id"]: job_attributes(job) for job in selected},
-        }, indent=4))
-    elif full:
-        for job in selected:
-            print(f"Job Id: {job['id']}")
-            for key, value in job_attributes(job).items():
-                if isinstance(value, dict):
-                    if key == "Variable_List":
-                        value = {"": ",".join(f"{k}={v}" for k, v in value.items())}
-                    for sub, subval in value.items():
-                        print(f"    {key}{'.' + sub if sub else ''} = {subval}")
-                else:
-                    print(f"    {key} = {value}")
-            print()
+        selected = [job for _, job in all_jobs(opts["x"])]
+    out = sys.stdout.buffer
+    jobs = [(job["id"], job_attributes(job)) for job in selected]
+    if opts["F"] == "json":
+        encode = qstat_output.released_json if mode == "released" else qstat_output.master_json
+        version = "23.06.06" if mode == "released" else "23.06.06.fake-master"
+        out.write(encode(jobs, int(time.time()), version, server()))
+    elif opts["f"]:
+        for job_id, attrs in jobs:
+            out.write(qstat_output.full_text(job_id, attrs, opts["w"] and mode != "none"))
     elif selected:
-        print(f"{'Job id':<17} {'Name':<16} {'User':<16} {'Time Use':>8} S Queue")
-        print(f"{'-' * 17} {'-' * 16} {'-' * 16} {'-' * 8} - -----")
+        out.write(b"Job id            Name             User              Time Use S Queue\n")
+        out.write(b"----------------  ---------------- ----------------  -------- - -----\n")
         for job in selected:
             user = job["owner"].split("@")[0]
-            print(f"{job['id']:<17} {job['name'][:16]:<16} {user[:16]:<16} {'0':>8} {job['state']} {job['queue']}")
+            out.write(f"{job['id']:<17} {job['name'][:16]:<16} {user[:16]:<16}  {'0':>8} "
+                      f"{job['state']} {job['queue']}\n".encode())
+    out.flush()
     return 0
 
 
+QDEL_USAGE = (  # src/cmds/qdel.c main
+    "usage:\n"
+    "\tqdel [-W force|suppress_email=X] [-x] job_identifier...\n"
+    "\tqdel --version"
+)
+
+
 def qdel(argv: list[str]) -> int:
-    if not argv:
-        raise PBSError("usage: qdel [-W force] job_identifier...", 2)
+    errors = []
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+        if argv[i] == "--":
+            i += 1
+            break
+        flag = argv[i][1]
+        if flag == "W":
+            value = argv[i][2:] or (argv[i + 1] if i + 1 < len(argv) else None)
+            i += 0 if argv[i][2:] else 1
+            if value is None:
+                errors.append("qdel: option requires an argument -- 'W'")
+        elif flag != "x":
+            errors.append(f"qdel: invalid option -- '{flag}'")
+        i += 1
+    if errors or i >= len(argv):
+        raise PBSError("".join(e + "\n" for e in errors) + QDEL_USAGE, 2)
     status = 0
-    for jobid in argv:
+    for jobid in argv[i:]:
         try:
             jdir = job_dir(jobid)
             job = load_job(jdir)
@@ -883,17 +1085,61 @@ def qdel(argv: list[str]) -> int:
     return status
 
 
-COMMANDS = {"qsub": qsub, "pbsdsh": pbsdsh, "qstat": qstat, "qdel": qdel}
+# ---------------------------------------------------------------- fake nvidia-smi
+
+def caller_host(job: dict, jdir: Path) -> int:
+    """The host a process runs on: that of its nearest ancestor the fake started (a
+    task's top process, or the job shell), so an environment file that carries another
+    host's variables does not mislead it; else FAKEPBS_HOST_INDEX."""
+    tops = {t["pid"]: t["host"] for t in registered_tasks(jdir)}
+    if job.get("shell_pid"):
+        tops[job["shell_pid"]] = 0
+    pid = os.getpid()
+    while pid > 1:
+        if pid in tops:
+            return tops[pid]
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return int(os.environ.get("FAKEPBS_HOST_INDEX", "0"))
+
+
+def nvidia_smi(argv: list[str]) -> int:
+    if argv != ["-L"]:
+        raise PBSError("nvidia-smi: the fake answers only -L", 2)
+    try:
+        jdir = job_dir(os.environ["PBS_JOBID"])
+        job = load_job(jdir)
+    except (KeyError, OSError, PBSError):
+        raise PBSError("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.", 9) from None
+    lines = launch_hook.nvidia_smi_lines(job, caller_host(job, jdir))
+    if not lines:
+        print("No devices found.")
+        return 6
+    print("\n".join(lines))
+    return 0
+
+
+COMMANDS = {"qsub": qsub, "pbsdsh": pbsdsh, "qstat": qstat, "qdel": qdel, "nvidia-smi": nvidia_smi}
 
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: fakepbs.py qsub|pbsdsh|qstat|qdel ...", file=sys.stderr)
+        print("usage: fakepbs.py qsub|pbsdsh|qstat|qdel|nvidia-smi ... | _processes | _netns_clean",
+              file=sys.stderr)
         return 2
     if argv[0] == "_mom":
         return mom(argv[1])
+    if argv[0] == "_processes":  # for test helpers: what of this FAKEPBS_HOME still runs
+        for pid in job_processes(home()):
+            print(pid)
+        return 0
     if argv[0] == "_netns_clean":  # tests' safety net: this FAKEPBS_HOME's namespaces
         for name in netns_module().clean_all(str(home())):
+            print(f"fakepbs: removed {name}")
+        for name in cgroups_module().clean_all(str(home())):
             print(f"fakepbs: removed {name}")
         return 0
     command = COMMANDS.get(argv[0])
