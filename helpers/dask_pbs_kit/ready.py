@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, NamedTuple, Optional
+from collections import namedtuple  # loaded already (re needs it); typing is not
+from collections.abc import Callable
 
 from . import args
 from .errors import NOT_READY, PROCESS_EXITED, USAGE, KitError
@@ -30,15 +31,11 @@ POLL = 0.05    # seconds between looks at the roll and the watched processes
 LOG_LINES = 8  # lines of a task's log quoted when it ends early
 
 
-class Watch(NamedTuple):
-    """One pbsdsh task: its role (scheduler or worker), chunk, node, pid, log, processes."""
+class Watch(namedtuple("Watch", "role chunk node pid log nprocs")):
+    """One pbsdsh task: role (str: scheduler or worker), chunk (int), node (str), pid (int),
+    log (str: its Dask log) and nprocs (int: Dask processes it runs)."""
 
-    role: str
-    chunk: int
-    node: str
-    pid: int
-    log: str
-    nprocs: int
+    __slots__ = ()
 
     def describe(self) -> str:
         return f"the {self.role} of chunk {self.chunk} (node {self.node})"
@@ -115,7 +112,7 @@ def read_roll(path: str) -> list:
         return []
 
 
-def tail(path: str, lines: int = LOG_LINES) -> Optional[list]:
+def tail(path: str, lines: int = LOG_LINES) -> list | None:
     """The last lines of a file, without their newlines; None if it cannot be read."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:

@@ -143,8 +143,8 @@ def test_paths_with_quotes_still_paste_as_python(tmp_path):
     line = banner.connect_lines(odd, "n0", "/x/t\"ls", "/x/c.json")[0]
     code = line.split("client = ", 1)[1]
     call = ast.parse(code, mode="eval").body
-    values = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg == "scheduler_file"}
-    assert values == {"scheduler_file": odd}
+    files = [ast.literal_eval(kw.value) for kw in call.keywords if kw.arg == "scheduler_file"]
+    assert files == [odd]
     security = [kw.value for kw in call.keywords if kw.arg == "security"][0]
     assert ast.literal_eval(security.keywords[0].value) == '/x/t"ls/ca.pem'
 
