@@ -4,8 +4,9 @@ Each Dask task runs it on its own node. The rule, on each node:
   A  the interface holding an address that this node's host name resolves to (also the
      first node's name, when that names this very node);
   B  the interface holding the source address of the route to the first node (to the
-     scheduler's address in the scheduler file when the first node's name does not
-     resolve); none when the first node is this node;
+     scheduler's address in the scheduler file when neither the first node's name nor
+     this host's own resolves: only then does a worker wait for that file); none when the
+     first node is this node;
   a loopback A counts only when B is missing or loopback too; when A and B differ, an ib*
   one wins, else A; when only one exists, it; when neither, the only non-loopback
   interface with an IPv4 address, or the first ib* one among several; else an error that
@@ -27,7 +28,7 @@ USAGE_TEXT = """usage: kit.py interface [--first-node NAME] [--scheduler-file FI
 Print this node's interface for Dask (INTERFACE=auto) as one line: INTERFACE ADDRESS HOW,
 HOW being the rule that chose it: host-name (it holds an address of this host's name),
 route (it leads to the first node NAME, or to the scheduler's address in FILE when NAME
-does not resolve, waiting up to SECONDS for FILE), ib (an ib* interface preferred to
+and this host's own name do not resolve, waiting up to SECONDS for FILE), ib (an ib* interface preferred to
 another), only (the one non-loopback interface with an IPv4 address).
 exit status: 0 printed, 2 usage, 11 no interface could be chosen"""
 
@@ -191,16 +192,19 @@ def scheduler_host(path: str, wait: float) -> tuple:
         return "", f"no scheduler address ({exc})"
 
 
-def first_node_target(first_node: str, scheduler_file: str, wait: float, hostname: str) -> tuple:
+def first_node_target(first_node: str, scheduler_file: str, wait: float, hostname: str,
+                      named: bool = False) -> tuple:
     """(address to route to, why there is none). The scheduler file is read only when the
-    first node's name does not resolve, and never when that name is this host's."""
+    first node's name does not resolve and this host's own name gave no address (named
+    False): waiting for it holds the worker's start until the scheduler has written it.
+    Never when the first node is this host."""
     if first_node and same_host(first_node, hostname):
         return "", "this is the first node"
     addresses = resolve(first_node) if first_node else []
     if addresses:
         return addresses[0], ""
     why = f"the first node's name {first_node} does not resolve" if first_node else "no --first-node"
-    if not scheduler_file:
+    if not scheduler_file or named:
         return "", why
     host, not_read = scheduler_host(scheduler_file, wait)
     if not host:
@@ -214,7 +218,8 @@ def detect(first_node: str = "", scheduler_file: str = "", wait: float = 0.0) ->
     interfaces = local_interfaces()
     hostname = socket.gethostname()
     host_addresses = resolve(hostname)
-    target, why_no_route = first_node_target(first_node, scheduler_file, wait, hostname)
+    target, why_no_route = first_node_target(first_node, scheduler_file, wait, hostname,
+                                             named=bool(host_addresses))
     source = None
     local = {i.address for i in interfaces if i.address}
     if target and (target in local or target.startswith("127.")):
