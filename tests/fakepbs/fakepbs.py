@@ -289,8 +289,8 @@ def qsub(argv: list[str]) -> int:
     network = cgroup_spec = None
     try:
         if netns_module().wanted():
-            network = netns_module().plan(str(home()), seq, nodes, modes["netns_links"],
-                                          modes["netns_resolve"], nodes)
+            network = netns_module().plan(str(home()), seq, [n.split(".")[0] for n in nodes],
+                                          modes["netns_links"], modes["netns_resolve"], nodes)
         if modes["cgroup"]:
             default = parse_size(modes["cgroup_default"].lower().replace("ib", "b"))
             limits = [host_memory(chunks, chunk_host, h) or default for h in range(len(nodes))]

@@ -9,8 +9,8 @@ A job's nodes are joined by a bridge, as a cluster's nodes by their switch:
                        on the first link's network, so that a client here reaches the
                        nodes, as from a login node
 
-A link named "name:dark" (e.g. eth9:dark) is a dummy interface with an address on its own
-subnet that reaches nothing. FAKEPBS_NETNS_RESOLVE=<link>|none (default: the first link)
+A link named "name:dark" (e.g. eth9:dark) has an address on its own subnet and reaches
+nothing (a veth whose other end is left unbridged). FAKEPBS_NETNS_RESOLVE=<link>|none (default: the first link)
 says what the nodes' host names resolve to inside the nodes: a hosts file per namespace,
 /etc/netns/<namespace>/hosts, which `ip netns exec` bind-mounts over /etc/hosts (this
 machine's /etc/hosts is never touched).
@@ -128,9 +128,14 @@ def link_subnet(spec: dict, number: int) -> str:
 def _add_link(spec: dict, namespace: str, index: int, number: int, link: dict) -> None:
     address = f"{link_subnet(spec, number)}.{index + 1}/24"
     if link["dark"]:
-        _ip(spec, "-n", namespace, "link", "add", link["name"], "type", "dummy")
+        # A veth whose other end sits unbridged in the switch namespace: up, addressed,
+        # and reaching nothing (the dummy link type needs a kernel module not always there).
+        port = f"d{number}x{index}"
+        _ip(spec, "link", "add", link["name"], "netns", namespace, "type", "veth",
+            "peer", "name", port, "netns", spec["switch"])
         _ip(spec, "-n", namespace, "addr", "add", address, "dev", link["name"])
         _ip(spec, "-n", namespace, "link", "set", link["name"], "up")
+        _ip(spec, "-n", spec["switch"], "link", "set", port, "up")
     elif number == 0:
         _attach(spec, namespace, link["name"], f"p{index}", index + 1)
     else:
