@@ -2,5 +2,8 @@
 
 Modules: errors (the one error class), pbs_sizes (PBS sizes, memory division),
 schedfile (scheduler.json, dashboard URL, SSH tunnel), envfile (job environment
-for pbsdsh tasks), job_resources (chunks, node file, walltime), args (tiny CLI parsing).
+for pbsdsh tasks, per-host variables kept), qstat_reader (a job's attributes from qstat:
+JSON, the released encoders' invalid JSON, folded text), job_resources (the job: chunks,
+what each got, node-file lines, walltime), plan (the launch plan, a pure function of the
+job and the knobs), args (tiny CLI parsing).
 """

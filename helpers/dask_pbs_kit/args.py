@@ -45,11 +45,11 @@ def parse(argv: list, options: dict, usage: str) -> tuple:
     return values, operands
 
 
-def number(text: str, what: str) -> float:
+def number(text: str, what: str, code: int = USAGE) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if value < 0:
-        raise KitError(f"{what} must be a number of seconds, not {text!r}", USAGE)
+    if not 0 <= value < float("inf"):  # also refuses nan
+        raise KitError(f"{what} must be a number of seconds, not {text!r}", code)
     return value

@@ -1,8 +1,10 @@
 """python helpers/kit.py COMMAND: what the templates ask of the helpers (users may too).
 
-  plan      the launch plan of this job: scheduler chunk, worker chunks with their
-            processes, threads and memory limit, walltime left (tab-separated lines)
+  plan      read this job (qstat, $PBS_NODEFILE) and print its launch plan: where its
+            chunks came from, walltime left, scheduler chunk, worker chunks with their
+            processes, threads and memory limit (tab-separated lines)
   env-file  write the job script's environment to a file a pbsdsh task can source
+            (per-host variables stay each task's own)
   memory    the per-process --memory-limit for a PBS chunk size
   tls       make a job's TLS credentials (CA, cluster and client certificates)
 """
@@ -13,28 +15,38 @@ import sys
 import time
 
 from . import args, pbs_sizes
-from .errors import USAGE, KitError
+from .errors import BAD_VALUE, USAGE, KitError
 
-# envfile and job_resources (subprocess, shlex) load only for the commands that use them:
-# `memory` starts as fast as reading a JSON file.
+# envfile, job_resources, qstat_reader and plan (subprocess, shlex, json, dataclasses) load
+# only for the commands that use them: `memory` starts as fast as reading a JSON file.
 
-PLAN_USAGE = """usage: kit.py plan [--nworkers N] [--nthreads T] [--reserve R] [--worker-on-scheduler-chunk yes|no] [--started EPOCH]
+PLAN_USAGE = """usage: kit.py plan [--nworkers N] [--nthreads T] [--reserve R]
+                   [--worker-on-scheduler-chunk yes|no|auto] [--walltime [[HH:]MM:]SS] [--started EPOCH]
 
-Inside a PBS job: print the launch plan, one tab-separated line each:
-  walltime  LIMIT_S  LEFT_S                (-1 when unknown)
-  scheduler CHUNK  NODEFILE_LINE  NODE
-  worker    CHUNK  NODEFILE_LINE  NODE  NWORKERS  NTHREADS  MEMORY_LIMIT
-MEMORY_LIMIT is bytes, or a fraction of the node's memory when the chunk has no mem=."""
+Inside a PBS job: read the job (qstat, $PBS_NODEFILE, $NCPUS) and print the launch plan,
+one tab-separated line each:
+  job        SOURCE
+  walltime   LIMIT_S  LEFT_S  SOURCE       (-1 -1 none when unknown; pbs, WALLTIME or none)
+  scheduler  CHUNK  LINE  NODE  HOST_PROCS
+  worker     CHUNK  LINE  NODE  NWORKERS  NTHREADS  MEMORY  HOST_PROCS  HOST_RESERVE_PPM  HOST_RESERVE_BYTES
+MEMORY is each worker's --memory-limit in bytes, or auto when no source tells the chunk's
+mem (the task then divides its host's memory limit by HOST_PROCS, less the reserve).
+--walltime (WALLTIME) stands in when PBS does not tell the walltime; --started is the job
+script's start (seconds since the epoch). Warnings go to stderr."""
 
 MEMORY_USAGE = """usage: kit.py memory CHUNK_MEM PROCESSES [RESERVE]
 
 Print the --memory-limit (bytes) for each of PROCESSES workers in a chunk of CHUNK_MEM
 (a PBS size such as 20gb), keeping RESERVE back (default 10%; or a size such as 2gb)."""
 
-ENV_USAGE = """usage: kit.py env-file PATH
+ENV_USAGE = """usage: kit.py env-file [--initial-from PID] PATH
 
 Write the current environment, less per-node and per-task variables, to PATH (mode 0600)
-as bash that a pbsdsh task sources to get the job script's environment back."""
+as bash that a pbsdsh task sources to get the job script's environment back. A variable
+the job script set or changed is exported on every task; one it has as it started (from
+PBS, the login profile or a hook: its shell's /proc/PID/environ) only where the task
+lacks it, so that per-host values (CUDA_VISIBLE_DEVICES, TMPDIR...) stay the task's own.
+PID is the job script's shell: by default this helper's parent (run it from the script)."""
 
 TLS_USAGE = """usage: kit.py tls FOLDER [--name LABEL] [--walltime SECONDS] [--backend auto|openssl|cryptography]
 
@@ -48,48 +60,39 @@ the keys when it ends). Uses openssl, else the cryptography package."""
 
 def _count(text: str, what: str, minimum: int) -> int:
     if not text.isdigit() or int(text) < minimum:
-        raise KitError(f"{what} must be an integer >= {minimum}, not {text!r}", USAGE)
+        raise KitError(f"{what} must be an integer >= {minimum}, not {text!r}", BAD_VALUE)
     return int(text)
 
 
-def plan(argv: list, environ=os.environ, attrs_of=None) -> list:
+def plan(argv: list, environ=os.environ, run=None):
+    """Read the job this process runs in and make its plan (a plan.Plan)."""
     from . import job_resources
+    from .plan import Settings, check_settings, make_plan
 
     opts, operands = args.parse(argv, {
         "--nworkers": "value", "--nthreads": "value", "--reserve": "value",
-        "--worker-on-scheduler-chunk": "value", "--started": "value",
+        "--worker-on-scheduler-chunk": "value", "--walltime": "value", "--started": "value",
     }, PLAN_USAGE)
     if operands:
         raise KitError(f"unexpected {operands[0]!r}\n{PLAN_USAGE}", USAGE)
-    nworkers = _count(opts.get("--nworkers", "1"), "NWORKERS", 1)
-    nthreads = _count(opts.get("--nthreads", "0"), "NTHREADS", 0)
-    reserve = opts.get("--reserve", "10%")
-    on_first = opts.get("--worker-on-scheduler-chunk", "no")
-    if on_first not in ("yes", "no"):
-        raise KitError(f"WORKER_ON_SCHEDULER_CHUNK must be yes or no, not {on_first!r}", USAGE)
-    started = args.number(opts.get("--started", str(time.time())), "--started")
-    attrs = (attrs_of or job_resources.qstat_attributes)(job_resources.job_id(environ))
-    chunks = job_resources.job_chunks(environ, attrs)
-    worker_chunks = chunks if on_first == "yes" else chunks[1:]
-    if not worker_chunks:
-        raise KitError(
-            "the job has one chunk, for the scheduler, and no chunk for workers (ask for "
-            "select=2 or more, or set WORKER_ON_SCHEDULER_CHUNK=yes)", USAGE)
-    limit = job_resources.walltime_limit(attrs)
-    left = job_resources.time_left(attrs, started)
-    lines = [("walltime", -1 if limit is None else limit, -1 if left is None else left)]
-    first = chunks[0]
-    lines.append(("scheduler", first.index, first.first_line, first.node))
-    for chunk in worker_chunks:
-        # On the scheduler's chunk the scheduler counts as one more process.
-        share = nworkers + (1 if chunk.index == 0 else 0)
-        threads = nthreads or max(1, chunk.ncpus // nworkers)
-        if chunk.mem is None:
-            memory = f"{pbs_sizes.fraction_per_process(share, reserve):.4f}"
-        else:
-            memory = str(pbs_sizes.memory_per_process(chunk.mem, share, reserve))
-        lines.append(("worker", chunk.index, chunk.first_line, chunk.node, nworkers, threads, memory))
-    return lines
+    settings = Settings(
+        nworkers=_count(opts.get("--nworkers", "1"), "NWORKERS", 1),
+        nthreads=_count(opts.get("--nthreads", "0"), "NTHREADS", 0),
+        reserve=opts.get("--reserve", "10%"),
+        worker_on_scheduler_chunk=opts.get("--worker-on-scheduler-chunk", "no"),
+    )
+    check_settings(settings)  # before qstat runs
+    walltime = opts.get("--walltime") or None
+    if walltime is not None:
+        job_resources.parse_walltime(walltime)  # a bad WALLTIME is refused even when PBS tells
+    started = args.number(opts.get("--started", str(time.time())), "--started", BAD_VALUE)
+    job = job_resources.load_job(environ, walltime, started, run)
+    for warning in job.warnings:
+        print(f"dask-pbs: warning: {warning}", file=sys.stderr)
+    result = make_plan(job, settings)
+    for warning in result.warnings:
+        print(f"dask-pbs: warning: {warning}", file=sys.stderr)
+    return result
 
 
 def memory(argv: list) -> int:
@@ -131,17 +134,18 @@ def main(argv=None) -> int:
             raise KitError(__doc__.strip(), 0 if argv else USAGE)
         command, rest = argv[0], argv[1:]
         if command == "plan":
-            for line in plan(rest):
-                print("\t".join(str(item) for item in line))
+            print("\n".join(plan(rest).lines()))
         elif command == "memory":
             print(memory(rest))
         elif command == "env-file":
             from . import envfile
 
-            _, operands = args.parse(rest, {}, ENV_USAGE)
+            opts, operands = args.parse(rest, {"--initial-from": "value"}, ENV_USAGE)
             if len(operands) != 1:
                 raise KitError(ENV_USAGE, USAGE)
-            envfile.write_env_file(operands[0], os.environ)
+            pid = opts.get("--initial-from")
+            envfile.write_env_file(operands[0], os.environ,
+                                   None if pid is None else _count(pid, "--initial-from PID", 1))
         elif command == "tls":
             tls(rest)
         elif command in MODULE_COMMANDS:

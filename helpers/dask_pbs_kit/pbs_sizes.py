@@ -68,14 +68,20 @@ def memory_per_process(chunk_bytes: int, processes: int, reserve: str = "10%") -
     return limit
 
 
-def fraction_per_process(processes: int, reserve: str = "10%") -> float:
-    """The same division as a fraction of the node's memory, for chunks without mem=."""
-    if not reserve.endswith("%"):
-        raise KitError(
-            f"MEMORY_RESERVE={reserve!r} is absolute but the chunk has no mem=: "
-            "add mem= to the select statement or give the reserve as a percentage",
-            BAD_VALUE,
-        )
-    if processes < 1:
-        raise KitError(f"processes per chunk must be at least 1, not {processes}", BAD_VALUE)
-    return (1 - _percent(reserve) / 100) / processes
+def reserve_on_host(text: str, chunks_on_host: int) -> tuple:
+    """(parts per million, bytes) to take from a host's memory limit before dividing it:
+    a percentage reserve as ppm (bytes 0), an absolute one once per chunk on the host
+    (ppm 0). For chunks whose mem no source tells: each task divides its host's limit."""
+    if text.endswith("%"):
+        return int(round(_percent(text) * 10000)), 0
+    return 0, parse_size(text) * chunks_on_host
+
+
+def check_reserve(text: str) -> None:
+    """Refuse a MEMORY_RESERVE that is neither a percentage in [0, 100) nor a PBS size."""
+    try:
+        reserve_on_host(text, 1)
+    except KitError as exc:
+        if str(exc).startswith("MEMORY_RESERVE"):
+            raise
+        raise KitError(f"MEMORY_RESERVE={text!r}: {exc}", exc.code) from None

@@ -1,110 +1,244 @@
-"""Chunks, node-file lines, walltime and the launch plan."""
+"""The job model: chunks, what each got, node-file lines, walltime."""
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from dask_pbs_kit import job_resources as jr
-from dask_pbs_kit import kit_cli
-from dask_pbs_kit.errors import KitError
+from dask_pbs_kit.errors import BAD_VALUE, KitError
 
 GiB = 1024**3
+SOURCE = "qstat -f -F json"
 
 
-def chunks_of(select, lines):
-    chunks = jr.parse_select(select)
-    jr.place_chunks(chunks, lines)
-    return [(c.index, c.ncpus, c.mem, c.mpiprocs, c.first_line, c.node) for c in chunks]
+def job_of(tmp_path, lines, attrs, ncpus=None, knob=None, started=1000.0, now=1010.0):
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("".join(f"{line}\n" for line in lines))
+    env = {"PBS_NODEFILE": str(nodefile)}
+    if ncpus is not None:
+        env["NCPUS"] = ncpus
+    return jr.read_job(env, (attrs, SOURCE), knob, started, now)
 
 
-def test_select_with_repeats_and_groups():
-    assert chunks_of("1:ncpus=1:mem=4gb+2:ncpus=4:mem=20G", ["a", "b", "c"]) == [
-        (0, 1, 4 * GiB, 1, 0, "a"), (1, 4, 20 * GiB, 1, 1, "b"), (2, 4, 20 * GiB, 1, 2, "c")]
+def summary(job):
+    return [(c.index, c.ncpus, c.mem, c.first_line, c.node) for c in job.chunks]
 
 
-def test_mpiprocs_repeat_node_file_lines_but_not_chunks():
-    lines = ["n0", "n0", "n1", "n1"]
-    assert chunks_of("2:ncpus=4:mem=2gb:mpiprocs=2", lines) == [
-        (0, 4, 2 * GiB, 2, 0, "n0"), (1, 4, 2 * GiB, 2, 2, "n1")]
+# ------------------------------------------------------------------ select statements
 
 
-def test_a_chunk_without_a_count_or_mem():
-    assert chunks_of("ncpus=2", ["x"]) == [(0, 2, None, 1, 0, "x")]
+def test_select_with_repeats_groups_and_defaults():
+    chunks = jr.parse_select("1:ncpus=1:mem=4gb+2:ncpus=4:mem=20G:mpiprocs=2")
+    assert [(c.index, c.ncpus, c.mem, c.mpiprocs, c.nas_mpiprocs) for c in chunks] == [
+        (0, 1, 4 * GiB, 1, 1), (1, 4, 20 * GiB, 2, 2), (2, 4, 20 * GiB, 2, 2)]
 
 
-@pytest.mark.parametrize("select", ["2:ncpus", "2:ncpus=two", "1:mem=1.5gb"])
+def test_select_3_from_json_is_a_number():
+    chunks = jr.parse_select(3)
+    assert [(c.ncpus, c.mem, c.mpiprocs) for c in chunks] == [(1, None, 1)] * 3
+
+
+def test_nas_rule_gives_ncpus_lines_unless_the_chunk_names_mpiprocs_or_ompthreads():
+    chunks = jr.parse_select("1:ncpus=4+1:ncpus=4:ompthreads=4+1:ncpus=4:mpiprocs=2+1:ncpus=0")
+    assert [(c.mpiprocs, c.nas_mpiprocs) for c in chunks] == [(1, 4), (1, 1), (2, 2), (0, 0)]
+
+
+def test_quoted_string_values_of_schedselect_keep_their_plus_and_colon():
+    chunks = jr.parse_select("2:ncpus=2:mem=4gb:model=\"a+b:c\"")
+    assert len(chunks) == 2 and chunks[0].resources["model"] == "a+b:c"
+
+
+@pytest.mark.parametrize("select", ["2:ncpus", "2:ncpus=two", "1:mem=1.5gb", "", [3], None, True,
+                                    {"a": 1}, "0:ncpus=1"])
 def test_bad_select_is_refused(select):
-    with pytest.raises(KitError):
+    with pytest.raises(KitError) as err:
         jr.parse_select(select)
+    assert err.value.code == BAD_VALUE
+
+
+# ------------------------------------------------------------------ exec_vnode, exec_host
+
+
+def test_exec_vnode_sums_the_vnodes_of_each_chunk():
+    text = ("(node001[0]:ncpus=8:mem=8388608kb+node001[1]:ncpus=8:mem=8388608kb)"
+            "+(node002:ncpus=4:mem=4194304kb)+(node003:mem=1gb)")
+    assert jr.parse_exec_vnode(text) == [("node001", 16, 16 * GiB), ("node002", 4, 4 * GiB),
+                                         ("node003", None, GiB)]
+
+
+def test_exec_vnode_of_qrun_H_has_one_chunk_per_vnode():
+    assert jr.parse_exec_vnode("n1:ncpus=2:mem=4gb+n2:ncpus=4") == [("n1", 2, 4 * GiB), ("n2", 4, None)]
+
+
+@pytest.mark.parametrize("text", ["(n1:ncpus=2", "(n1:ncpus)", "(:ncpus=2)", "(n1:mem=lots)",
+                                  "((n1))", "", 5])
+def test_an_exec_vnode_that_does_not_parse_is_refused(text):
+    with pytest.raises(KitError):
+        jr.parse_exec_vnode(text)
+
+
+def test_exec_host_with_and_without_a_cpu_count():
+    assert jr.parse_exec_host("n0/0*2+n1/1+n1.cluster.org/2*8") == [("n0", 2), ("n1", 1),
+                                                                     ("n1.cluster.org", 8)]
+    with pytest.raises(KitError):
+        jr.parse_exec_host("n0:ncpus=2")
+
+
+# ------------------------------------------------------------------ the job
+
+
+def test_default_chunk_mem_only_in_schedselect_and_exec_vnode(tmp_path):
+    attrs = {
+        "Resource_List": {"select": "1:ncpus=2:mem=4gb+2:ncpus=4", "walltime": "01:00:00"},
+        "schedselect": "1:ncpus=2:mem=4gb+2:ncpus=4:mem=8gb",
+        "exec_host": "n0/0*2+n1/0*4+n2/0*4",
+        "exec_vnode": "(n0:ncpus=2:mem=4194304kb)+(n1:ncpus=4:mem=8388608kb)+(n2:ncpus=4:mem=8388608kb)",
+    }
+    job = job_of(tmp_path, ["n0", "n1", "n2"], attrs)
+    assert summary(job) == [(0, 2, 4 * GiB, 0, "n0"), (1, 4, 8 * GiB, 1, "n1"), (2, 4, 8 * GiB, 2, "n2")]
+    assert job.source == ("qstat -f -F json: chunks from schedselect, what each got from exec_vnode, "
+                          "node-file lines by mpiprocs")
+    assert job.warnings == []
+    # A user does not see schedselect (manager-only): exec_vnode still tells the mem.
+    del attrs["schedselect"]
+    job = job_of(tmp_path, ["n0", "n1", "n2"], attrs)
+    assert summary(job) == [(0, 2, 4 * GiB, 0, "n0"), (1, 4, 8 * GiB, 1, "n1"), (2, 4, 8 * GiB, 2, "n2")]
+
+
+def test_exec_vnode_multi_vnode_chunks_and_mpiprocs_lines(tmp_path):
+    attrs = {"Resource_List": {"select": "1:ncpus=2+2:ncpus=16:mpiprocs=2"},
+             "exec_vnode": "(n0:ncpus=2:mem=2gb)+(n1[0]:ncpus=8:mem=8gb+n1[1]:ncpus=8:mem=8gb)"
+                           "+(n2[0]:ncpus=8:mem=8gb+n2[1]:ncpus=8:mem=8gb)"}
+    job = job_of(tmp_path, ["n0", "n1", "n1", "n2", "n2"], attrs)
+    assert summary(job) == [(0, 2, 2 * GiB, 0, "n0"), (1, 16, 16 * GiB, 1, "n1"), (2, 16, 16 * GiB, 3, "n2")]
+
+
+def test_exec_host_gives_hosts_and_ncpus_without_exec_vnode(tmp_path):
+    attrs = {"Resource_List": {"select": 3}, "exec_host": "n0/0*4+n1/0*4+n2/0*4"}
+    job = job_of(tmp_path, ["n0", "n1", "n2"], attrs)
+    assert summary(job) == [(0, 4, None, 0, "n0"), (1, 4, None, 1, "n1"), (2, 4, None, 2, "n2")]
+    assert "hosts from exec_host" in job.source
+
+
+def test_nas_node_files_have_ncpus_lines_per_chunk(tmp_path):
+    attrs = {"Resource_List": {"select": "1:ncpus=2+2:ncpus=4:mem=8gb"}}
+    lines = ["r1i0n0"] * 2 + ["r1i0n1"] * 4 + ["r1i0n2"] * 4
+    job = job_of(tmp_path, lines, attrs)
+    assert summary(job) == [(0, 2, None, 0, "r1i0n0"), (1, 4, 8 * GiB, 2, "r1i0n1"),
+                            (2, 4, 8 * GiB, 6, "r1i0n2")]
+    assert job.source.endswith("node-file lines by mpiprocs = ncpus (NASA NAS rule)")
+
+
+def test_fqdns_in_the_node_file_and_short_names_in_exec_vnode_are_matched(tmp_path):
+    # default_chunk gave mpiprocs=2, which only the (manager-only) schedselect shows.
+    attrs = {"Resource_List": {"select": "3:ncpus=4:mem=4gb"},
+             "exec_vnode": "(n0:ncpus=4:mem=4gb)+(n1:ncpus=4:mem=4gb)+(n2:ncpus=4:mem=4gb)"}
+    lines = ["n0.cluster.org", "n0.cluster.org", "n1.cluster.org", "n1.cluster.org",
+             "n2.cluster.org", "n2.cluster.org"]
+    job = job_of(tmp_path, lines, attrs)
+    assert summary(job) == [(0, 4, 4 * GiB, 0, "n0.cluster.org"), (1, 4, 4 * GiB, 2, "n1.cluster.org"),
+                            (2, 4, 4 * GiB, 4, "n2.cluster.org")]
+    assert job.source.endswith("node-file lines by host name")
+
+
+def test_place_pack_puts_every_chunk_on_one_host(tmp_path):
+    attrs = {"Resource_List": {"select": "3:ncpus=2:mem=2gb", "place": "pack"},
+             "exec_host": "n0/0*2+n0/1*2+n0/2*2",
+             "exec_vnode": "(n0:ncpus=2:mem=2gb)+(n0:ncpus=2:mem=2gb)+(n0:ncpus=2:mem=2gb)"}
+    job = job_of(tmp_path, ["n0"] * 3, attrs)
+    assert summary(job) == [(0, 2, 2 * GiB, 0, "n0"), (1, 2, 2 * GiB, 1, "n0"), (2, 2, 2 * GiB, 2, "n0")]
+
+
+def test_a_chunk_without_node_file_lines_borrows_its_hosts(tmp_path):
+    attrs = {"Resource_List": {"select": "1:ncpus=2+1:ncpus=0:mem=4gb"},
+             "exec_vnode": "(n0:ncpus=2)+(n0:mem=4gb)"}
+    job = job_of(tmp_path, ["n0"], attrs)
+    assert summary(job) == [(0, 2, None, 0, "n0"), (1, 0, 4 * GiB, 0, "n0")]
+
+
+def test_the_node_file_fallback_warns_and_groups_runs_of_a_host(tmp_path):
+    job = job_of(tmp_path, ["n0", "n0", "n1", "n2"], None, ncpus="8")
+    assert [(c.node, c.mpiprocs, c.first_line, c.ncpus, c.mem) for c in job.chunks] == [
+        ("n0", 2, 0, 8, None), ("n1", 1, 2, 8, None), ("n2", 1, 3, 8, None)]
+    assert job.source == "$PBS_NODEFILE and $NCPUS"
+    assert any("one chunk per run of identical lines" in w and "ncpus=8" in w for w in job.warnings)
+
+
+def test_a_select_that_does_not_match_the_node_file_is_not_trusted(tmp_path):
+    job = job_of(tmp_path, ["n0", "n1"], {"Resource_List": {"select": "3:ncpus=1"}})
+    assert len(job.chunks) == 2 and job.source == "$PBS_NODEFILE and $NCPUS"
+    assert any("3 chunks do not match the 2 lines" in w for w in job.warnings)
+
+
+def test_an_exec_vnode_that_does_not_parse_is_left_out_with_a_warning(tmp_path):
+    job = job_of(tmp_path, ["n0", "n1"], {"Resource_List": {"select": "2:ncpus=4:mem=2gb"},
+                                          "exec_vnode": "(n0:ncpus=4:mem=2gb)+(n1:ncpus=four)"})
+    assert summary(job) == [(0, 4, 2 * GiB, 0, "n0"), (1, 4, 2 * GiB, 1, "n1")]
+    assert any("cannot read exec_vnode" in w for w in job.warnings)
+
+
+def test_no_node_file_says_to_use_qsub(tmp_path):
+    with pytest.raises(KitError, match="submit with qsub"):
+        jr.read_job({}, (None, "x"))
+    with pytest.raises(KitError, match="is this a PBS job"):
+        jr.read_job({"PBS_NODEFILE": str(tmp_path / "missing")}, (None, "x"))
+
+
+garbage = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30),
+              st.sampled_from(["(n0:ncpus=2)", "(n0:ncpus=2)+(n1:mem=1gb)", "n0/0*2", "2:ncpus=2",
+                               "01:00:00", "(", "n0/x", "3", "1:mem=-1gb"])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.sampled_from(["select", "walltime", "mem", "x"]), inner,
+                                            max_size=3)),
+    max_leaves=8)
+attr_names = st.sampled_from(["Resource_List", "resources_used", "schedselect", "exec_vnode",
+                              "exec_host", "Variable_List", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(garbage, st.dictionaries(attr_names, garbage, max_size=6)),
+       st.one_of(st.none(), st.text(max_size=4)))
+def test_garbage_attributes_give_a_job_never_a_traceback(tmp_path_factory, attrs, ncpus):
+    tmp = tmp_path_factory.mktemp("g")
+    job = job_of(tmp, ["n0", "n0", "n1"], attrs, ncpus=ncpus)
+    assert job.chunks and all(c.first_line >= 0 and c.node for c in job.chunks[:1])
+    assert job.walltime.source in ("pbs", "none")
+
+
+# ------------------------------------------------------------------ walltime
 
 
 def test_walltime_forms():
     assert jr.parse_walltime("01:00:00") == 3600
     assert jr.parse_walltime("90:00") == 5400
     assert jr.parse_walltime("45") == 45
-    with pytest.raises(KitError):
-        jr.parse_walltime("1h")
+    for bad in ("1h", "1:2:3:4", "", "-5", "1:-5"):
+        with pytest.raises(KitError):
+            jr.parse_walltime(bad)
 
 
 def test_time_left_counts_from_the_script_start_or_pbs_usage():
     attrs = {"Resource_List": {"walltime": "00:10:00"}, "resources_used": {"walltime": "00:00:30"}}
-    assert jr.time_left(attrs, started=1000, now=1010) == 570
-    assert jr.time_left(attrs, started=1000, now=1100) == 500
-    assert jr.time_left({}, started=0) is None
+    wall, warnings = jr.job_walltime(attrs, None, started=1000, now=1010)
+    assert (wall.limit, wall.left, wall.source, warnings) == (600, 570, "pbs", [])
+    wall, _ = jr.job_walltime(attrs, "00:01:00", started=1000, now=1100)
+    assert (wall.limit, wall.left, wall.source) == (600, 500, "pbs")  # PBS wins over the knob
 
 
-def test_node_file_fallback_groups_runs_of_a_host(tmp_path, capsys):
-    nodefile = tmp_path / "nodes"
-    nodefile.write_text("n0\nn0\nn1\nn2\n")
-    chunks = jr.job_chunks({"PBS_NODEFILE": str(nodefile), "NCPUS": "8"}, None)
-    assert [(c.node, c.mpiprocs, c.first_line, c.ncpus, c.mem) for c in chunks] == [
-        ("n0", 2, 0, 8, None), ("n1", 1, 2, 8, None), ("n2", 1, 3, 8, None)]
-    assert "cannot read the select statement" in capsys.readouterr().err
+def test_walltime_from_the_knob_when_pbs_does_not_tell():
+    wall, warnings = jr.job_walltime({"Resource_List": {"select": "1"}}, "30:00", started=1000, now=1060)
+    assert (wall.limit, wall.left, wall.source, warnings) == (1800, 1740, "WALLTIME", [])
 
 
-def test_a_select_that_does_not_match_the_node_file_is_not_trusted(tmp_path, capsys):
-    nodefile = tmp_path / "nodes"
-    nodefile.write_text("n0\nn1\n")
-    chunks = jr.job_chunks({"PBS_NODEFILE": str(nodefile)}, {"Resource_List": {"select": "3:ncpus=1"}})
-    assert len(chunks) == 2
-    assert "does not match the 2 lines" in capsys.readouterr().err
+def test_walltime_unknown_is_minus_one_with_a_warning_saying_what_to_do():
+    wall, warnings = jr.job_walltime(None, None, started=0, now=5)
+    assert (wall.limit, wall.left, wall.source) == (-1, -1, "none")
+    assert len(warnings) == 1
+    assert "held until PBS ends the job" in warnings[0]
+    assert "set WALLTIME to the -l walltime you asked for" in warnings[0]
 
 
-def test_plan_divides_each_chunk(tmp_path):
-    nodefile = tmp_path / "nodes"
-    nodefile.write_text("n0\nn1\nn1\nn2\nn2\n")
-    attrs = {"Resource_List": {"select": "1:ncpus=1:mem=2gb+2:ncpus=8:mem=20gb:mpiprocs=2",
-                               "walltime": "01:00:00"}}
-    env = {"PBS_JOBID": "7.srv", "PBS_NODEFILE": str(nodefile)}
-    lines = kit_cli.plan(["--nworkers", "4", "--started", "0"], env, lambda jobid: attrs)
-    assert lines[0][0] == "walltime" and lines[0][1] == 3600
-    assert lines[1] == ("scheduler", 0, 0, "n0")
-    assert lines[2:] == [("worker", 1, 1, "n1", 4, 2, "4831838208"), ("worker", 2, 3, "n2", 4, 2, "4831838208")]
-
-
-def test_plan_refuses_a_job_without_worker_chunks(tmp_path):
-    nodefile = tmp_path / "nodes"
-    nodefile.write_text("n0\n")
-    with pytest.raises(KitError, match="no chunk for workers"):
-        kit_cli.plan([], {"PBS_JOBID": "1.s", "PBS_NODEFILE": str(nodefile)},
-                     lambda jobid: {"Resource_List": {"select": "1:ncpus=2"}})
-
-
-def test_plan_outside_a_job_says_to_use_qsub(capsys, monkeypatch):
-    monkeypatch.delenv("PBS_JOBID", raising=False)
-    assert kit_cli.main(["plan"]) == 1
-    assert "submit with qsub" in capsys.readouterr().err
-
-
-def test_plan_inside_a_fake_pbs_job_reads_qstat(fakepbs, tmp_path):
-    import subprocess
-    import sys
-    from conftest import KIT
-
-    (tmp_path / "plan.pbs").write_text(
-        f"#PBS -l select=3:ncpus=2:mem=4gb\n#PBS -l walltime=00:05:00\n"
-        f"{sys.executable} {KIT}/helpers/kit.py plan --nworkers 2 > {tmp_path}/plan.out\n")
-    done = subprocess.run(["qsub", "-W", "block=true", "plan.pbs"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    rows = [line.split("\t") for line in (tmp_path / "plan.out").read_text().splitlines()]
-    assert rows[0][:2] == ["walltime", "300"] and 290 <= int(rows[0][2]) <= 300
-    assert rows[1] == ["scheduler", "0", "0", "node00"]
-    assert rows[2:] == [["worker", "1", "1", "node01", "2", "1", "1932735283"],
-                        ["worker", "2", "2", "node02", "2", "1", "1932735283"]]
+def test_a_bad_walltime_attribute_is_a_warning_and_the_knob_stands_in():
+    wall, warnings = jr.job_walltime({"Resource_List": {"walltime": [1]}}, "10", 0, 0)
+    assert (wall.limit, wall.source) == (10, "WALLTIME")
+    wall, warnings = jr.job_walltime({"Resource_List": {"walltime": "soon"}}, None, 0, 0)
+    assert wall.source == "none" and "cannot read Resource_List.walltime" in warnings[0]

@@ -4,8 +4,8 @@ from hypothesis import given, strategies as st
 
 from dask_pbs_kit import kit_cli
 from dask_pbs_kit.errors import BAD_VALUE, KitError
-from dask_pbs_kit.pbs_sizes import (MIN_WORKER_MEMORY, format_size, fraction_per_process,
-                                    memory_per_process, parse_size)
+from dask_pbs_kit.pbs_sizes import (MIN_WORKER_MEMORY, check_reserve, format_size, memory_per_process,
+                                    parse_size, reserve_on_host)
 
 GiB = 1024**3
 
@@ -49,10 +49,19 @@ def test_a_reserve_outside_0_to_100_percent_is_refused(reserve):
         memory_per_process(20 * GiB, 1, reserve)
 
 
-def test_chunks_without_mem_get_a_fraction_of_the_node():
-    assert fraction_per_process(4, "10%") == pytest.approx(0.225)
-    with pytest.raises(KitError, match="has no mem="):
-        fraction_per_process(4, "2gb")
+def test_a_hosts_reserve_is_ppm_for_a_percentage_and_bytes_per_chunk_for_a_size():
+    assert reserve_on_host("10%", 3) == (100000, 0)
+    assert reserve_on_host("12.5%", 1) == (125000, 0)
+    assert reserve_on_host("0%", 1) == (0, 0)
+    assert reserve_on_host("2gb", 3) == (0, 6 * GiB)
+
+
+@pytest.mark.parametrize("reserve, message", [("1.5gb", "MEMORY_RESERVE='1.5gb': '1.5gb' is not a size"),
+                                              ("100%", "percentage must be in"), ("", "is not a size")])
+def test_a_bad_reserve_is_a_bad_value(reserve, message):
+    with pytest.raises(KitError, match=message) as err:
+        check_reserve(reserve)
+    assert err.value.code == BAD_VALUE
 
 
 @given(st.integers(min_value=0, max_value=2**50), st.sampled_from(["", "k", "m", "g", "t", "K", "G"]),

@@ -1,0 +1,303 @@
+"""The launch plan (a pure function of the job and the knobs) and `kit.py plan`."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import KIT
+from dask_pbs_kit import kit_cli
+from dask_pbs_kit.errors import BAD_VALUE, USAGE, KitError
+from dask_pbs_kit.job_resources import Chunk, Job, Walltime
+from dask_pbs_kit.pbs_sizes import memory_per_process
+from dask_pbs_kit.plan import Settings, make_plan
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def chunk(index, ncpus, mem_gb, line, node):
+    c = Chunk(index, ncpus, None if mem_gb is None else int(mem_gb * GiB))
+    c.first_line, c.node, c.host = line, node, node
+    return c
+
+
+def job(*chunks, walltime=Walltime(3600, 3000, "pbs")):
+    return Job(list(chunks), "test", walltime)
+
+
+def per(gb, processes):
+    """--memory-limit of each of processes sharing gb GiB, less the default 10%."""
+    return memory_per_process(gb * GiB, processes, "10%")
+
+
+def rows(plan):
+    return [line.split("\t") for line in plan.lines()]
+
+
+def test_workers_on_every_chunk_but_the_schedulers_by_default():
+    plan = make_plan(job(chunk(0, 2, 4, 0, "n0"), chunk(1, 4, 8, 1, "n1"), chunk(2, 4, 8, 2, "n2")),
+                     Settings(nworkers=2))
+    assert plan.lines() == [
+        "job\ttest",
+        "walltime\t3600\t3000\tpbs",
+        "scheduler\t0\t0\tn0\t1",
+        f"worker\t1\t1\tn1\t2\t2\t{per(8, 2)}\t2\t100000\t0",
+        f"worker\t2\t2\tn2\t2\t2\t{per(8, 2)}\t2\t100000\t0",
+    ]
+
+
+def test_yes_puts_workers_beside_the_scheduler_which_counts_as_one_more_process():
+    plan = make_plan(job(chunk(0, 4, 4, 0, "n0"), chunk(1, 4, 4, 1, "n1")),
+                     Settings(nworkers=2, worker_on_scheduler_chunk="yes"))
+    assert rows(plan)[2] == ["scheduler", "0", "0", "n0", "3"]
+    assert rows(plan)[3] == ["worker", "0", "0", "n0", "2", "2", str(per(4, 3)), "3", "100000", "0"]
+    assert rows(plan)[4][6:8] == [str(per(4, 2)), "2"]
+
+
+def test_auto_keeps_a_core_for_the_scheduler_when_chunk_0_has_two_or_more():
+    plan = make_plan(job(chunk(0, 4, 4, 0, "n0"), chunk(1, 4, 4, 1, "n1")),
+                     Settings(nworkers=1, worker_on_scheduler_chunk="auto"))
+    assert [r[:6] for r in rows(plan)[3:]] == [["worker", "0", "0", "n0", "1", "3"],
+                                              ["worker", "1", "1", "n1", "1", "4"]]
+    assert rows(plan)[3][6] == str(per(4, 2))  # the scheduler's share too
+    # One core on chunk 0: like no.
+    plan = make_plan(job(chunk(0, 1, 4, 0, "n0"), chunk(1, 4, 4, 1, "n1")),
+                     Settings(worker_on_scheduler_chunk="auto"))
+    assert [r[1] for r in rows(plan)[3:]] == ["1"]
+    # An explicit NTHREADS is kept.
+    plan = make_plan(job(chunk(0, 8, 4, 0, "n0")), Settings(nthreads=8, worker_on_scheduler_chunk="auto"))
+    assert rows(plan)[3][5] == "8"
+
+
+def test_a_single_chunk_job_with_no_is_refused_and_auto_runs_it():
+    single = job(chunk(0, 8, 16, 0, "n0"))
+    with pytest.raises(KitError, match="no chunk for workers") as err:
+        make_plan(single, Settings())
+    assert err.value.code == BAD_VALUE
+    assert rows(make_plan(single, Settings(nworkers=2, worker_on_scheduler_chunk="auto")))[3][:6] == [
+        "worker", "0", "0", "n0", "2", "3"]
+
+
+def test_unknown_mem_is_auto_and_each_host_divides_its_own_limit():
+    plan = make_plan(job(chunk(0, 2, None, 0, "n0"), chunk(1, 4, None, 1, "n1"), chunk(2, 4, None, 2, "n1")),
+                     Settings(nworkers=2, reserve="2gb"))
+    assert rows(plan)[2] == ["scheduler", "0", "0", "n0", "1"]
+    # n1 holds two chunks: 4 worker processes, and the absolute reserve twice.
+    assert rows(plan)[3] == ["worker", "1", "1", "n1", "2", "2", "auto", "4", "0", str(4 * GiB)]
+    assert rows(plan)[4] == ["worker", "2", "2", "n1", "2", "2", "auto", "4", "0", str(4 * GiB)]
+
+
+def test_place_pack_counts_every_process_on_the_one_host():
+    plan = make_plan(job(chunk(0, 2, 2, 0, "n0"), chunk(1, 2, 2, 1, "n0"), chunk(2, 2, 2, 2, "n0")),
+                     Settings(nworkers=1, reserve="12.5%"))
+    assert rows(plan)[2] == ["scheduler", "0", "0", "n0", "3"]
+    assert [r[7:] for r in rows(plan)[3:]] == [["3", "125000", "0"], ["3", "125000", "0"]]
+
+
+def test_the_plan_never_prints_a_fraction_of_the_node():
+    plan = make_plan(job(chunk(0, 1, None, 0, "a"), chunk(1, 1, None, 1, "b")), Settings())
+    for line in plan.lines():
+        assert "0." not in line
+
+
+def test_a_share_below_256_mib_is_still_refused():
+    with pytest.raises(KitError, match="below the 256mb") as err:
+        make_plan(job(chunk(0, 1, 1, 0, "a"), chunk(1, 8, 1, 1, "b")), Settings(nworkers=8))
+    assert err.value.code == BAD_VALUE
+
+
+@pytest.mark.parametrize("settings, message", [
+    (Settings(reserve="1.5gb"), "MEMORY_RESERVE='1.5gb'"),
+    (Settings(reserve="100%"), "percentage must be in"),
+    (Settings(worker_on_scheduler_chunk="maybe"), "yes, no or auto"),
+    (Settings(nworkers=0), "NWORKERS"),
+])
+def test_bad_knobs_are_bad_values(settings, message):
+    with pytest.raises(KitError, match=message) as err:
+        make_plan(job(chunk(0, 1, 1, 0, "a"), chunk(1, 1, 1, 1, "b")), settings)
+    assert err.value.code == BAD_VALUE
+
+
+def test_a_chunk_without_a_line_gets_no_workers_with_a_warning():
+    lineless = chunk(2, 4, 4, -1, "")
+    plan = make_plan(job(chunk(0, 1, 1, 0, "a"), chunk(1, 4, 4, 1, "b"), lineless), Settings())
+    assert [r[1] for r in rows(plan)[3:]] == ["1"]
+    assert "chunk 2 has no line" in plan.warnings[0]
+
+
+# ------------------------------------------------------------------ kit.py plan
+
+# The brief's example: select=1:ncpus=2:mem=4gb+2:ncpus=4 with default_chunk mem=8gb,
+# as OpenPBS 23.06's qstat writes it for a manager (schedselect shows) ...
+EXAMPLE_JSON = r'''{
+    "timestamp":1700000000,
+    "pbs_version":"23.06.06",
+    "pbs_server":"pbs01",
+    "Jobs":{
+        "42.pbs01":{
+            "Job_Name":"dask",
+            "resources_used":{
+                "walltime":"00:00:00"
+            },
+            "exec_host":"n0/0*2+n1/0*4+n2/0*4",
+            "exec_vnode":"(n0:ncpus=2:mem=4194304kb)+(n1:ncpus=4:mem=8388608kb)+(n2:ncpus=4:mem=8388608kb)",
+            "Resource_List":{
+                "mem":"20gb",
+                "ncpus":10,
+                "nodect":3,
+                "place":"free",
+                "select":"1:ncpus=2:mem=4gb+2:ncpus=4",
+                "walltime":"01:00:00"
+            },
+            "schedselect":"1:ncpus=2:mem=4gb+2:ncpus=4:mem=8gb",
+            "Variable_List":{
+                "PS1":"\u@\h:\w\$ ",
+                "HALF":.5
+            }
+        }
+    }
+}
+'''
+EXAMPLE_PLAN = (
+    "job\tqstat -f -F json (invalid JSON from an OpenPBS <= 23.06 qstat, read leniently): chunks from "
+    "schedselect, what each got from exec_vnode, node-file lines by mpiprocs\n"
+    "walltime\t3600\t3600\tpbs\n"
+    "scheduler\t0\t0\tn0\t1\n"
+    "worker\t1\t1\tn1\t1\t4\t7730941133\t1\t100000\t0\n"
+    "worker\t2\t2\tn2\t1\t4\t7730941133\t1\t100000\t0\n"
+)
+
+# ... and as PBS Pro 14's `qstat -f` prints it to the job's owner (no -F json, no schedselect).
+EXAMPLE_TEXT = (
+    "Job Id: 42.pbs01\n"
+    "    Job_Name = dask\n"
+    "    exec_host = n0/0*2+n1/0*4+n2/0*4\n"
+    "    exec_vnode = (n0:ncpus=2:mem=4194304kb)+(n1:ncpus=4:mem=8388608kb)+(n2:ncpu\n"
+    "\ts=4:mem=8388608kb)\n"
+    "    Resource_List.select = 1:ncpus=2:mem=4gb+2:ncpus=4\n"
+    "\n"
+)
+
+
+@pytest.fixture
+def fake_qstat(tmp_path, monkeypatch):
+    """A `qstat` first on PATH that prints $QSTAT_JSON for -F json (or, unset, refuses -F
+    as PBS Pro before 18 does) and $QSTAT_TEXT otherwise; a node file n0 n1 n2."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    qstat = bin_dir / "qstat"
+    qstat.write_text(
+        "#!/bin/sh\n"
+        'if [ "$2" = "-F" ]; then\n'
+        '  [ -n "$QSTAT_JSON" ] && exec cat "$QSTAT_JSON"\n'
+        "  echo \"qstat: invalid option -- 'F'\" >&2; echo 'usage: ...' >&2; exit 2\n"
+        "fi\n"
+        'exec cat "$QSTAT_TEXT"\n')
+    qstat.chmod(0o755)
+    (tmp_path / "job.json").write_text(EXAMPLE_JSON)
+    (tmp_path / "job.txt").write_text(EXAMPLE_TEXT)
+    (tmp_path / "nodes").write_text("n0\nn1\nn2\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("QSTAT_JSON", str(tmp_path / "job.json"))
+    monkeypatch.setenv("QSTAT_TEXT", str(tmp_path / "job.txt"))
+    monkeypatch.setenv("PBS_JOBID", "42.pbs01")
+    monkeypatch.setenv("PBS_NODEFILE", str(tmp_path / "nodes"))
+    monkeypatch.delenv("NCPUS", raising=False)
+    return tmp_path
+
+
+def test_the_briefs_example_through_main(fake_qstat, capsys):
+    # A start a minute ahead: no second has gone by yet (elapsed counts as 0, never less).
+    assert kit_cli.main(["plan", "--started", str(time.time() + 60)]) == 0
+    out = capsys.readouterr()
+    assert out.out == EXAMPLE_PLAN
+    assert out.err == ""
+
+
+def test_pbs_pro_before_18_gives_the_same_chunks_from_the_text(fake_qstat, monkeypatch, capsys):
+    monkeypatch.delenv("QSTAT_JSON")
+    assert kit_cli.main(["plan", "--walltime", "2:00:00", "--started", "0"]) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert lines[0] == ("job\tqstat -f: chunks from Resource_List.select, what each got from exec_vnode, "
+                        "node-file lines by mpiprocs")
+    assert lines[1] == "walltime\t7200\t0\tWALLTIME"
+    assert lines[3:] == EXAMPLE_PLAN.splitlines()[3:]
+
+
+def test_no_walltime_anywhere_warns_on_stderr(fake_qstat, monkeypatch, capsys):
+    monkeypatch.delenv("QSTAT_JSON")
+    assert kit_cli.main(["plan"]) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines()[1] == "walltime\t-1\t-1\tnone"
+    assert out.err.startswith("dask-pbs: warning: PBS does not tell this job's walltime")
+
+
+def test_no_qstat_at_all_falls_back_to_the_node_file(fake_qstat, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("NCPUS", "4")
+    assert kit_cli.main(["plan", "--walltime", "10", "--started", "0", "--worker-on-scheduler-chunk", "auto"]) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [
+        "job\t$PBS_NODEFILE and $NCPUS", "walltime\t10\t0\tWALLTIME", "scheduler\t0\t0\tn0\t2",
+        "worker\t0\t0\tn0\t1\t3\tauto\t2\t100000\t0", "worker\t1\t1\tn1\t1\t4\tauto\t1\t100000\t0",
+        "worker\t2\t2\tn2\t1\t4\tauto\t1\t100000\t0"]
+    assert "dask-pbs: warning: qstat cannot tell (no qstat on PATH): one chunk per run" in out.err
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["--nworkers", "two"], BAD_VALUE, "NWORKERS must be an integer >= 1, not 'two'"),
+    (["--nthreads", "-1"], BAD_VALUE, "NTHREADS must be an integer >= 0"),
+    (["--reserve", "1.5gb"], BAD_VALUE, "MEMORY_RESERVE='1.5gb'"),
+    (["--walltime", "1h"], BAD_VALUE, "walltime '1h' is not [[HH:]MM:]SS"),
+    (["--worker-on-scheduler-chunk", "maybe"], BAD_VALUE, "WORKER_ON_SCHEDULER_CHUNK must be yes, no or auto"),
+    (["--started", "soon"], BAD_VALUE, "--started must be a number of seconds"),
+    (["--started", "nan"], BAD_VALUE, "--started must be a number of seconds"),
+    (["--bogus", "1"], USAGE, "unknown option --bogus"),
+    (["--nworkers"], USAGE, "option --nworkers needs a value"),
+    (["extra"], USAGE, "unexpected 'extra'"),
+])
+def test_exit_codes(fake_qstat, capsys, argv, code, message):
+    assert kit_cli.main(["plan", *argv]) == code
+    err = capsys.readouterr().err
+    assert err.startswith(f"dask-pbs: {message}")
+    assert "Traceback" not in err
+
+
+def test_outside_a_job_says_to_use_qsub(capsys, monkeypatch):
+    monkeypatch.delenv("PBS_JOBID", raising=False)
+    assert kit_cli.main(["plan"]) == 1
+    assert "submit with qsub" in capsys.readouterr().err
+
+
+def test_a_real_kit_py_plan_with_a_fake_qstat_first_on_path(fake_qstat):
+    done = subprocess.run([sys.executable, str(KIT / "helpers" / "kit.py"), "plan", "--nworkers", "2",
+                           "--worker-on-scheduler-chunk", "auto", "--started", "0"],
+                          capture_output=True, text=True, env=dict(os.environ), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.splitlines()[2:] == [
+        "scheduler\t0\t0\tn0\t3",
+        f"worker\t0\t0\tn0\t2\t1\t{per(4, 3)}\t3\t100000\t0",
+        f"worker\t1\t1\tn1\t2\t2\t{per(8, 2)}\t2\t100000\t0",
+        f"worker\t2\t2\tn2\t2\t2\t{per(8, 2)}\t2\t100000\t0",
+    ]
+
+
+def test_plan_inside_a_fake_pbs_job_reads_qstat(fakepbs, tmp_path):
+    (tmp_path / "plan.pbs").write_text(
+        f"#PBS -l select=3:ncpus=2:mem=4gb\n#PBS -l walltime=00:05:00\n"
+        f"{sys.executable} {KIT}/helpers/kit.py plan --nworkers 2 > {tmp_path}/plan.out\n")
+    done = subprocess.run(["qsub", "-W", "block=true", "plan.pbs"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = {}
+    for line in (tmp_path / "plan.out").read_text().splitlines():
+        kind, *rest = line.split("\t")
+        rows.setdefault(kind, []).append(rest)
+    assert rows["walltime"][0][0] == "300" and 290 <= int(rows["walltime"][0][1]) <= 300
+    assert rows["walltime"][0][2] == "pbs"
+    assert rows["scheduler"] == [["0", "0", "node00", "1"]]
+    assert [r[:7] for r in rows["worker"]] == [["1", "1", "node01", "2", "1", "1932735283", "2"],
+                                               ["2", "2", "node02", "2", "1", "1932735283", "2"]]
