@@ -13,8 +13,10 @@ script itself; `kit.py env-file --initial-from PID PATH` names it.
   - a variable it has as it started: `[[ -v NAME ]] || export NAME=value`, only on a task
     that lacks it (a task keeps its host's own value);
   - per-task and per-node names (NOT_CARRIED) and exported functions: never.
-When the initial environment cannot be read, every variable is exported (the file says
-so in a comment).
+When the initial environment cannot be read, or holds every variable as it is now (then
+PID is not the job script's shell, which always exports something first, but e.g. a
+wrapper that runs python as its child), every variable is exported (the file says so in
+a comment).
 """
 from __future__ import annotations
 
@@ -66,6 +68,12 @@ def env_script(environ: Mapping[str, str], initial: Optional[Mapping[str, str]] 
     """bash source text that exports each carried variable with its exact value: always
     when the job script set or changed it, else only where the task lacks it."""
     lines = [HEADER]
+    variables = sorted(carried(environ).items())
+    if initial is not None and all(initial.get(name) == value for name, value in variables):
+        # The job script always exports something before it writes this file (the bash
+        # library does): a process whose start had it all is not the script's shell, but
+        # e.g. a wrapper that runs python as a child. Do not trust it.
+        initial, initial_from = None, f"{initial_from} holds this very environment"
     if initial is None:
         lines.append("# The job script's initial environment was not readable"
                      f"{' (' + initial_from + ')' if initial_from else ''}: every variable is "
@@ -73,7 +81,7 @@ def env_script(environ: Mapping[str, str], initial: Optional[Mapping[str, str]] 
     else:
         lines.append("# Set or changed by the job script: exported. As PBS, the login profile or a "
                      "hook gave it: exported only where the task lacks it.")
-    for name, value in sorted(carried(environ).items()):
+    for name, value in variables:
         export = f"export {name}={shlex.quote(value)}"
         if initial is not None and initial.get(name) == value:
             export = f"[[ -v {name} ]] || {export}"

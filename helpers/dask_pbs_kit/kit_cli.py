@@ -17,8 +17,8 @@ import time
 from . import args, pbs_sizes
 from .errors import BAD_VALUE, USAGE, KitError
 
-# envfile, job_resources, qstat_reader and plan (subprocess, shlex, json, dataclasses) load
-# only for the commands that use them: `memory` starts as fast as reading a JSON file.
+# envfile, job_resources, qstat_reader and plan (subprocess, shlex, json) load only for the
+# commands that use them: `memory` starts as fast as reading a JSON file.
 
 PLAN_USAGE = """usage: kit.py plan [--nworkers N] [--nthreads T] [--reserve R]
                    [--worker-on-scheduler-chunk yes|no|auto] [--walltime [[HH:]MM:]SS] [--started EPOCH]

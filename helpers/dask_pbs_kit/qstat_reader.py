@@ -98,8 +98,8 @@ def _run(run: Callable, argv: list):
         return None, "no qstat on PATH"
     except subprocess.TimeoutExpired:
         return None, f"timed out after {TIMEOUT} s"
-    except OSError as exc:
-        return None, f"cannot run qstat ({exc.strerror or exc})"
+    except (OSError, ValueError) as exc:
+        return None, f"cannot run qstat ({getattr(exc, 'strerror', None) or exc})"
     if done.returncode != 0:
         err = _decode(done.stderr or b"").strip().splitlines()
         first = err[0] if err else "no message"

@@ -140,3 +140,12 @@ def test_an_unreadable_initial_environment_exports_everything_and_says_so(tmp_pa
 def test_a_bad_initial_from_is_a_bad_value(tmp_path, capsys):
     assert kit_cli.main(["env-file", "--initial-from", "me", str(tmp_path / "e.sh")]) == 7
     assert "--initial-from PID must be an integer" in capsys.readouterr().err
+
+
+def test_a_parent_that_holds_this_very_environment_is_not_trusted(tmp_path):
+    # e.g. a python wrapper that runs the real python as its child, not by exec.
+    initial = {"PATH": "/opt/env/bin:/bin", "CUDA_VISIBLE_DEVICES": "GPU-aaaa"}
+    text = envfile.env_script(dict(initial), initial, "/proc/99/environ")
+    lines = text.splitlines()
+    assert "(/proc/99/environ holds this very environment)" in lines[1]
+    assert "export PATH=/opt/env/bin:/bin" in lines
