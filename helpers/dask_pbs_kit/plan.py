@@ -132,7 +132,7 @@ def make_plan(job: Job, settings: Settings) -> Plan:
             "the job has one chunk, for the scheduler, and no chunk for workers (ask for "
             "select=2 or more, or set WORKER_ON_SCHEDULER_CHUNK=yes or auto)"
             if len(chunks) == 1 and not on_first else
-            "no chunk can run workers (see the warnings above)", BAD_VALUE)
+            "no chunk can run workers: " + "; ".join(warnings), BAD_VALUE)
 
     # Dask processes and chunks per host (NODE, as the node file names the host).
     procs: dict = {first.node: 1}

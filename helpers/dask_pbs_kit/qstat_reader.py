@@ -3,8 +3,9 @@
 read_job(jobid) runs, first that works first:
   1. `qstat -f -F json JOBID`, read by json.loads;
   2. the same output read leniently (loads_lenient): the JSON encoder of every OpenPBS
-     release up to 23.06 and of PBS Pro 18 to 2022 (src/lib/Libcmds/pbs_json.c before the
-     cJSON rewrite, commit 74106a6ac) writes invalid JSON for some values;
+     release from 18 to 23.06, and of the PBS Pro versions built on them
+     (src/lib/Libcmds/pbs_json.c before the cJSON rewrite of master, commit 74106a6ac),
+     writes invalid JSON for some values;
   3. `qstat -f JOBID` text (parse_text), when qstat has no -F json (PBS Pro before 18:
      "qstat: invalid option -- 'F'", exit 2) or -F json fails.
 It returns the job's attributes as strings, nested one level for `name.resource`
@@ -18,13 +19,23 @@ prt_attr calls it with JSON_ESCAPE for every job attribute):
     1e5, 0x0 and (in v20) 00012 come out bare; v18 and v19 write it through %ld or %lf
     instead (00012 -> 12, nan -> nan). v20 writes an empty value bare too: `"comment":,`.
   - in a string, \\b \\f \\n \\r \\t are escaped; other control characters become ^X
-    (show_nonprint_chars, v20 on) or stay raw (v18, v19); bytes >= 0x80 stay raw.
+    (src/lib/Libutil/misc_utils.c show_nonprint_chars, v20 on) or stay raw (v18, v19).
+    show_nonprint_chars compares a signed char, so on x86-64 a byte >= 0x80 becomes '^'
+    and byte + 64: any non-ASCII value comes out as raw control characters and bytes that
+    are not UTF-8.
   - a backslash and the next character are copied unchanged (\\u, \\w, \\$ become invalid
     escapes), but \\' and \\, lose the backslash (v22 on); v18 to v20 copy a backslash alone.
   - a double quote is escaped (v22 on) unless it is the value's first character or
     follows a backslash; v18 to v20 never escape it. A value ending in a backslash then
     escapes its own closing quote.
   - keys (attribute, resource and variable names) are written unescaped.
+  - Variable_List comes from the server with a backslash before each " ' , and backslash
+    (src/lib/Libattr/attr_fn_arst.c encode_arst_bs); qstat drops the one before a comma,
+    so `\\u@\\h` of a `qsub -V` prompt arrives as valid `\\\\u@\\\\h`, and v18 to v20 write
+    \\' for a quote (read here as the quote). Single backslashes come from attributes
+    sent as they are (Submit_arguments, comment, paths). qstat.c copies the character
+    after a variable's '=' whatever it is (v20 to 23.06): an empty value takes the next
+    variable into it.
   - every value is on its own line: `"key":value` then ",\\n" or "\\n".
 loads_lenient reads bare words as strings, keeps invalid escapes as they are, accepts raw
 control characters and, when the quotes do not add up, takes a quote as a string's end

@@ -301,3 +301,8 @@ def test_plan_inside_a_fake_pbs_job_reads_qstat(fakepbs, tmp_path):
     assert rows["scheduler"] == [["0", "0", "node00", "1"]]
     assert [r[:7] for r in rows["worker"]] == [["1", "1", "node01", "2", "1", "1932735283", "2"],
                                                ["2", "2", "node02", "2", "1", "1932735283", "2"]]
+
+
+def test_when_no_chunk_can_run_workers_the_error_says_why():
+    with pytest.raises(KitError, match="no chunk can run workers: chunk 1 has no line"):
+        make_plan(job(chunk(0, 1, 1, 0, "a"), chunk(1, 4, 4, -1, "")), Settings())
