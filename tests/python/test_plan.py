@@ -5,6 +5,7 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from conftest import KIT
 from dask_pbs_kit import kit_cli
@@ -12,6 +13,7 @@ from dask_pbs_kit.errors import BAD_VALUE, USAGE, KitError
 from dask_pbs_kit.job_resources import Chunk, Job, Walltime
 from dask_pbs_kit.pbs_sizes import memory_per_process
 from dask_pbs_kit.plan import Settings, make_plan
+from test_job_resources import attr_names, garbage, job_of
 
 GiB = 1024**3
 MiB = 1024**2
@@ -306,3 +308,35 @@ def test_plan_inside_a_fake_pbs_job_reads_qstat(fakepbs, tmp_path):
 def test_when_no_chunk_can_run_workers_the_error_says_why():
     with pytest.raises(KitError, match="no chunk can run workers: chunk 1 has no line"):
         make_plan(job(chunk(0, 1, 1, 0, "a"), chunk(1, 4, 4, -1, "")), Settings())
+
+
+@pytest.mark.parametrize("doc", [
+    '{"Jobs":{"42.pbs01":{"Resource_List":[1,2],"exec_vnode":5,"schedselect":{"a":1}}}}',
+    '{"Jobs":{"42.pbs01":{"Resource_List":{"select":"3:ncpus=2","walltime":[1]},"exec_vnode":"(n0:ncpus=x"}}}',
+    '{"Jobs":{"42.pbs01":"not a job"}}',
+    '{"Jobs":[]}',
+    '[1, 2, 3]',
+    '{"Jobs":{"42.pbs01":{"Resource_List":{"select":"2:ncpus=0"},"exec_host":"n9/0"}}}',
+])
+def test_garbage_from_qstat_is_warned_about_never_a_traceback(fake_qstat, capsys, doc):
+    (fake_qstat / "job.json").write_text(doc)
+    (fake_qstat / "job.txt").write_text("garbage\n")
+    code = kit_cli.main(["plan", "--walltime", "1:00", "--started", "0"])
+    out = capsys.readouterr()
+    assert code in (0, BAD_VALUE), out.err
+    assert "Traceback" not in out.err
+    if code == 0:
+        assert out.out.splitlines()[2].startswith("scheduler\t0\t0\tn0\t")
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.dictionaries(attr_names, garbage, max_size=6),
+       st.sampled_from(["yes", "no", "auto"]), st.sampled_from(["10%", "1gb"]))
+def test_any_job_from_garbage_gives_a_plan_or_a_kit_error(tmp_path_factory, attrs, mode, reserve):
+    job = job_of(tmp_path_factory.mktemp("p"), ["n0", "n0", "n1"], attrs, ncpus="2")
+    try:
+        plan = make_plan(job, Settings(nworkers=2, worker_on_scheduler_chunk=mode, reserve=reserve))
+    except KitError:
+        return
+    for line in plan.lines():
+        assert "\n" not in line and line.split("\t")[0] in ("job", "walltime", "scheduler", "worker")
