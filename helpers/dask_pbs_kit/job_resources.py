@@ -3,8 +3,8 @@ line in $PBS_NODEFILE, and its walltime.
 
 Where the kit learns the job's chunks, first source first:
   1. `qstat -f -F json $PBS_JOBID`, read as JSON;
-  2. the same output read leniently, when it is not valid JSON (every OpenPBS release up
-     to 23.06 writes invalid JSON for some values, e.g. those `qsub -V` brings);
+  2. the same output read leniently, when it is not valid JSON (every OpenPBS release
+     from 18 to 23.06 writes invalid JSON for some values, e.g. those `qsub -V` brings);
   3. `qstat -f $PBS_JOBID` as text, when qstat has no -F json (PBS Pro before 18) or it
      fails;
   4. in what qstat tells: the chunks of schedselect (the select statement with the
