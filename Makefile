@@ -4,9 +4,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 FAKEPBS := $(CURDIR)/tests/fakepbs/bin
-# The demo job: 3 chunks on the fake PBS, on loopback (no ib0 on a laptop).
+# The demo job: 3 chunks on the fake PBS (INTERFACE=auto finds this machine's loopback).
 DEMO_SELECT ?= select=3:ncpus=2:mem=4gb
-DEMO_VARS ?= INTERFACE=lo
+DEMO_VARS ?=
 
 .PHONY: demo test test-python test-bats lint bench clean venv test-deps
 
@@ -29,7 +29,7 @@ test-deps: $(VENV)/.test-installed node_modules/bats/bin/bats
 demo: venv
 	@rm -f dask-wordcount.o*
 	@echo "make demo: submitting scripts/launch-dask-wordcount.pbs to the fake PBS ($(DEMO_SELECT))"
-	@PATH="$(FAKEPBS):$$PATH" qsub -W block=true -l $(DEMO_SELECT) -v $(DEMO_VARS) \
+	@PATH="$(FAKEPBS):$$PATH" qsub -W block=true -l $(DEMO_SELECT) $(if $(DEMO_VARS),-v $(DEMO_VARS)) \
 		scripts/launch-dask-wordcount.pbs; status=$$?; \
 	cat dask-wordcount.o*; echo "make demo: job exit status $$status"; exit $$status
 

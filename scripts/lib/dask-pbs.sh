@@ -1,66 +1,122 @@
 # shellcheck shell=bash
 # dask-pbs-kit: the logic the templates share. Sourced by scripts/*.pbs, never executed.
 #
-# Sourcing only defines functions and constants; `dpk::main interactive|production`
-# runs a cluster. Knobs are the upper-case variables documented in README.md; the
-# templates set them (NAME="${NAME:-default}") so that `qsub -v NAME=value` wins.
-# Functions share the dpk:: prefix and are grouped by phase, in the order a job runs them.
+# Sourcing only defines functions and constants. `dpk::main interactive|production` runs
+# a cluster in phases, one function each, in this order:
+#
+#   1 dpk::check_knobs    the knobs: defaults given, every value checked
+#   2 dpk::prepare        the job's log folder and the names of its files (DPK_F_*)
+#   3 dpk::read_job       certificates, launch plan and task environment, made at once
+#   4 dpk::start_cluster  the scheduler and each worker chunk, one pbsdsh task each (DPK_T_*)
+#   5 dpk::wait_ready     until every worker has registered, or fail naming what is missing
+#   6 dpk::announce       the banner, then the scheduler file published
+#   7 dpk::hold | dpk::run_program   the job's work; returns the job's status
+#   8 dpk::teardown       (EXIT trap) the program, the scheduler, the tasks: each SIGTERM,
+#                         a grace period, then SIGKILL
+#
+# Each phase's header says what it reads and what it sets. A global is set by one phase
+# only (its name says which: DPK_F_ files, DPK_P_ plan, DPK_T_ tasks, DPK_PUB_ published
+# files); later phases read it. Knobs are the upper-case variables of README.md; the
+# templates set them as NAME="${NAME:-default}", so that `qsub -v NAME=value` wins.
 
 DPK_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DPK_KIT_DIR=$(dirname "$(dirname "$DPK_LIB_DIR")")
 readonly DPK_LIB_DIR DPK_KIT_DIR
 
-# ------------------------------------------------------------------ logging and errors
+# ------------------------------------------------------------------ small tools
+
+# Every message goes to the job's output and, once dpk::prepare has named it, to
+# LOG_DIR/job.log too: PBS shows the job's output only when the job has ended.
 
 # Print a line to the job's output. Arguments: words of the message.
 dpk::log() {
   printf 'dask-pbs: %s\n' "$*"
+  [[ -z ${DPK_F_LOG:-} ]] || printf 'dask-pbs: %s\n' "$*" >>"$DPK_F_LOG"
 }
 
 # Print a warning to the job's stderr.
 dpk::warn() {
   printf 'dask-pbs: warning: %s\n' "$*" >&2
+  [[ -z ${DPK_F_LOG:-} ]] || printf 'dask-pbs: warning: %s\n' "$*" >>"$DPK_F_LOG"
 }
 
 # Print "dask-pbs: <what is wrong> (<what to do>)" to stderr and exit 1 (the EXIT trap,
 # once set, stops whatever was started).
 dpk::die() {
   printf 'dask-pbs: %s\n' "$*" >&2
+  [[ -z ${DPK_F_LOG:-} ]] || printf 'dask-pbs: %s\n' "$*" >>"$DPK_F_LOG"
   exit 1
 }
 
-# Set variable $1 to the whole of file $2 (empty if unreadable), without a fork: the
-# teardown path runs on a node whose cores are busy with the workers' exits.
+# Pass on what a helper wrote to file $1 (its stderr: warnings, errors) to the job's stderr
+# and job.log, then remove the file.
+dpk::relay() {
+  local text
+  dpk::read_file text "$1"
+  rm -f "$1"
+  [[ -n $text ]] || return 0
+  printf '%s' "$text" >&2
+  [[ -z ${DPK_F_LOG:-} ]] || printf '%s' "$text" >>"$DPK_F_LOG"
+}
+
+# Set variable $1 to the whole of file $2 (empty if unreadable), without a fork.
 dpk::read_file() {
+  printf -v "$1" '%s' ""
   IFS= read -r -d '' "$1" 2>/dev/null <"$2" || true
 }
 
-# Set variable $1 to the seconds since the epoch, with a fraction: for the readiness and
-# teardown figures.
-dpk::now() {
-  if [[ -n ${EPOCHREALTIME:-} ]]; then
-    printf -v "$1" '%s' "${EPOCHREALTIME/,/.}"  # bash 5: no fork (the job's locale may say 1,5)
+# Set variable $1 to the microseconds since the epoch (bash 5's EPOCHREALTIME, without a
+# fork; `date` on bash 4.4, as on RHEL 8).
+dpk::now_us() {
+  local _dpk_now=${EPOCHREALTIME:-}  # a name no caller passes as $1
+  [[ -n $_dpk_now ]] || _dpk_now=$(date +%s.%6N)
+  _dpk_now=${_dpk_now/,/.}  # the job's locale may write 1,5
+  printf -v "$1" '%d' "$((10#${_dpk_now%.*} * 1000000 + 10#${_dpk_now#*.}))"
+}
+
+# Print a duration given in microseconds as seconds with two decimals.
+dpk::seconds() {
+  printf '%d.%02d' "$(($1 / 1000000))" "$(($1 % 1000000 / 10000))"
+}
+
+# True while process $1 runs. A process that has exited but that bash has not reaped yet
+# (a zombie: `kill -0` still succeeds on it) counts as gone.
+dpk::alive() {
+  local stat
+  [[ -n $1 ]] && read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]]
+}
+
+# Sleep $1 seconds (default 0.2) in a way that a trapped signal cuts short (qdel during a
+# wait). A read with a timeout on a FIFO that nobody writes, opened for the read only (no
+# child inherits it): no sleep process on a node whose cores the Dask processes need.
+dpk::nap() {
+  if [[ -n ${DPK_F_NAP:-} ]]; then
+    read -r -t "${1:-0.2}" <>"$DPK_F_NAP" || true
   else
-    printf -v "$1" '%s' "$(date +%s.%N)"
+    sleep "${1:-0.2}"
   fi
 }
 
-# ------------------------------------------------------------------ knobs
+# ------------------------------------------------------------------ 1 knobs
 
-# Give every knob its default (templates set the ones users edit most) and check them
-# all before anything starts. Globals: the knobs; DPK_PYTHON.
+# Give every knob its default and check them all before anything starts.
+# Reads: the knobs, PBS_JOBID, PBS_O_WORKDIR. Sets: every knob's default; DPK_PYTHON;
+# DPK_PROGRAM (PROGRAM split into words) in production mode.
 dpk::check_knobs() {
-  : "${PBS_JOBID:?dask-pbs: PBS_JOBID is not set: submit this script with qsub}"
-  : "${PBS_O_WORKDIR:?dask-pbs: PBS_O_WORKDIR is not set: submit this script with qsub}"
+  [[ -n ${PBS_JOBID:-} && -n ${PBS_O_WORKDIR:-} ]] ||
+    dpk::die "PBS_JOBID or PBS_O_WORKDIR is not set: submit this script with qsub"
   SCHEDULER_FILE=${SCHEDULER_FILE:-$PBS_O_WORKDIR/scheduler.json}
   LOG_DIR=${LOG_DIR:-$PBS_O_WORKDIR/dask-logs/$PBS_JOBID}
-  INTERFACE=${INTERFACE-ib0}
+  INTERFACE=${INTERFACE-auto}
   NWORKERS=${NWORKERS:-1}
   NTHREADS=${NTHREADS:-0}
   MEMORY_RESERVE=${MEMORY_RESERVE:-10%}
   WORKER_OMP_THREADS=${WORKER_OMP_THREADS:-1}
   WORKER_ON_SCHEDULER_CHUNK=${WORKER_ON_SCHEDULER_CHUNK:-no}
   READY_TIMEOUT=${READY_TIMEOUT:-120}
+  WALLTIME=${WALLTIME:-}
   WALLTIME_MARGIN=${WALLTIME_MARGIN:-60}
   STOP_TIMEOUT=${STOP_TIMEOUT:-8}
   SCHEDULER_PORT=${SCHEDULER_PORT:-0}
@@ -72,187 +128,246 @@ dpk::check_knobs() {
   DPK_PYTHON=${DPK_PYTHON:-python3}
 
   local name
-  for name in NWORKERS WORKER_OMP_THREADS READY_TIMEOUT WALLTIME_MARGIN STOP_TIMEOUT; do
-    [[ ${!name} =~ ^[1-9][0-9]*$ || ( $name == WALLTIME_MARGIN && ${!name} == 0 ) ]] ||
+  for name in NWORKERS WORKER_OMP_THREADS READY_TIMEOUT STOP_TIMEOUT; do
+    [[ ${!name} =~ ^[1-9][0-9]*$ ]] ||
       dpk::die "$name=${!name} is not a positive whole number (set it in the template or with qsub -v $name=...)"
   done
-  for name in NTHREADS SCHEDULER_PORT DASHBOARD_PORT; do
+  for name in NTHREADS SCHEDULER_PORT DASHBOARD_PORT WALLTIME_MARGIN; do
     [[ ${!name} =~ ^[0-9]+$ ]] ||
-      dpk::die "$name=${!name} is not a whole number (0 means automatic)"
+      dpk::die "$name=${!name} is not a whole number (set it in the template or with qsub -v $name=...)"
   done
-  [[ $WORKER_ON_SCHEDULER_CHUNK == yes || $WORKER_ON_SCHEDULER_CHUNK == no ]] ||
-    dpk::die "WORKER_ON_SCHEDULER_CHUNK=$WORKER_ON_SCHEDULER_CHUNK must be yes or no"
+  [[ -z $WALLTIME || $WALLTIME =~ ^[0-9]+(:[0-9]+){0,2}$ ]] ||
+    dpk::die "WALLTIME=$WALLTIME is not a walltime: write it as PBS does, [[HH:]MM:]SS (e.g. 01:30:00)"
+  [[ $WORKER_ON_SCHEDULER_CHUNK =~ ^(yes|no|auto)$ ]] ||
+    dpk::die "WORKER_ON_SCHEDULER_CHUNK=$WORKER_ON_SCHEDULER_CHUNK must be yes, no or auto"
   [[ $TLS == yes || $TLS == no ]] ||
     dpk::die "TLS=$TLS must be yes (the default: only your certificates reach the cluster) or no (plain tcp)"
-  [[ $DASHBOARD == network || $DASHBOARD == loopback || $DASHBOARD == off ]] ||
+  [[ $DASHBOARD =~ ^(network|loopback|off)$ ]] ||
     dpk::die "DASHBOARD=$DASHBOARD must be network (any host that reaches the node), loopback (the node only: use the printed ssh tunnel) or off"
   [[ -z $INTERFACE || $INTERFACE =~ ^[A-Za-z0-9_.:-]+$ ]] ||
-    dpk::die "INTERFACE='$INTERFACE' is not an interface name (e.g. ib0, eth0; empty for Dask's default)"
+    dpk::die "INTERFACE='$INTERFACE' is not an interface name (auto, a name such as ib0 or eth0, or empty for Dask's default)"
   command -v "$DPK_PYTHON" >/dev/null ||
     dpk::die "no $DPK_PYTHON on PATH after the environment set-up ($PATH): fix the environment part of the template"
   command -v pbsdsh >/dev/null ||
     dpk::die "no pbsdsh on PATH ($PATH): run inside a PBS Pro job (or put tests/fakepbs/bin first on PATH)"
+  DPK_PROGRAM=()
+  if [[ $DPK_MODE == production ]]; then
+    read -r -a DPK_PROGRAM <<<"${PROGRAM:-}"
+    [[ ${#DPK_PROGRAM[@]} -gt 0 ]] ||
+      dpk::die "PROGRAM is empty: set the command to run in the template or with qsub -v PROGRAM=..."
+  fi
+  return 0
 }
 
-# ------------------------------------------------------------------ preparation
+# ------------------------------------------------------------------ 2 prepare
 
-# Make the job's private log folder and drop a scheduler file left by an earlier job.
-# Globals: LOG_DIR, SCHEDULER_FILE; sets DPK_JOB_SCHEDULER_FILE, DPK_ENV_FILE, DPK_ROLL (the
-# scheduler's list of registered workers) and DPK_TLS_CONFIG (the client's TLS file).
+# Make the job's private log folder and name its files; drop files an earlier job left.
+# Reads: LOG_DIR, SCHEDULER_FILE, PBS_JOBID, TMPDIR. Sets: DPK_F_* (the job's files; from
+# here on every message also goes to DPK_F_LOG, LOG_DIR/job.log), the
+# DASK_PBS_KIT_* variables the scheduler's plugin reads (through env.sh).
 dpk::prepare() {
   umask 077
   mkdir -p "$LOG_DIR" || dpk::die "cannot create the log folder $LOG_DIR (set LOG_DIR to a writable folder on shared storage)"
   chmod 700 "$LOG_DIR"
   # Workers and the readiness check use this per-job copy only: never a stale file.
-  DPK_JOB_SCHEDULER_FILE=$LOG_DIR/scheduler.json
-  DPK_ENV_FILE=$LOG_DIR/env.sh
-  DPK_ROLL=$LOG_DIR/workers.txt
-  DPK_SCHED_CLOSED=$LOG_DIR/scheduler.closed
-  DPK_SCHED_DIED=$LOG_DIR/scheduler.died
-  # For the scheduler's plugin, through env.sh (see scheduler_preload.py).
-  export DASK_PBS_KIT_ROLL=$DPK_ROLL DASK_PBS_KIT_CLOSED=$DPK_SCHED_CLOSED DASK_PBS_KIT_STOP_WAIT=0.5
-  DPK_TLS_CONFIG=${SCHEDULER_FILE%.json}.tls.json
-  rm -f "$SCHEDULER_FILE" "$DPK_TLS_CONFIG" "$DPK_JOB_SCHEDULER_FILE" "$DPK_ROLL" "$DPK_SCHED_CLOSED" \
-    "$DPK_SCHED_DIED"
+  DPK_F_JOB_SCHEDULER=$LOG_DIR/scheduler.json
+  DPK_F_ENV=$LOG_DIR/env.sh
+  DPK_F_PLAN=$LOG_DIR/plan.tsv
+  DPK_F_ROLL=$LOG_DIR/workers.txt
+  DPK_F_CLOSED=$LOG_DIR/scheduler.closed
+  DPK_F_DIED=$LOG_DIR/scheduler.died
+  DPK_F_INFO=$LOG_DIR/cluster-info.txt
+  DPK_F_ERR=$LOG_DIR/helper  # + .plan.err, .tls.err ...: what a helper said, until relayed
+  DPK_F_TLS_CONFIG=${SCHEDULER_FILE%.json}.tls.json
+  # The FIFO of dpk::nap: on this node's own disk (PBS's TMPDIR), not on shared storage.
+  DPK_F_NAP=${TMPDIR:-/tmp}/dask-pbs-nap.$PBS_JOBID
+  rm -f "$SCHEDULER_FILE" "$DPK_F_TLS_CONFIG" "$DPK_F_JOB_SCHEDULER" "$DPK_F_ROLL" \
+    "$DPK_F_CLOSED" "$DPK_F_DIED" "$LOG_DIR"/*.iface "$DPK_F_NAP" "$LOG_DIR/job.log"
+  DPK_F_LOG=$LOG_DIR/job.log
+  mkfifo "$DPK_F_NAP" 2>/dev/null || DPK_F_NAP=""
+  export DASK_PBS_KIT_ROLL=$DPK_F_ROLL DASK_PBS_KIT_CLOSED=$DPK_F_CLOSED DASK_PBS_KIT_STOP_WAIT=0.5
   dpk::log "job $PBS_JOBID: logs in $LOG_DIR/"
 }
 
-# Write the job script's environment (after the template's activation) for the tasks.
-dpk::write_env() {
-  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" env-file "$DPK_ENV_FILE" ||
-    dpk::die "cannot write the task environment $DPK_ENV_FILE"
+# ------------------------------------------------------------------ 3 read the job
+
+# Make the job's certificates (TLS=yes), compute the launch plan (what PBS booked: see
+# kit.py plan) and write the task environment, the three at once: together they take as
+# long as the slowest. Then give this script's own later clients (PROGRAM) the client
+# certificate, after env.sh is written: the tasks must not get it.
+# Reads: knobs, DPK_F_*. Sets: DPK_TLS_DIR (empty: plain tcp), DPK_HELPER_PIDS (while they
+# run), and the plan (dpk::parse_plan).
+dpk::read_job() {
+  local failed=0 pid
+  DPK_TLS_DIR="" DPK_HELPER_PIDS=()
+  if [[ $TLS == yes ]]; then
+    DPK_TLS_DIR=$LOG_DIR/tls
+    "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" tls "$DPK_TLS_DIR" --name "$PBS_JOBID" \
+      2>"$DPK_F_ERR.tls.err" &
+    DPK_HELPER_PIDS+=("$!")
+  fi
+  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" plan --nworkers "$NWORKERS" --nthreads "$NTHREADS" \
+    --reserve "$MEMORY_RESERVE" --worker-on-scheduler-chunk "$WORKER_ON_SCHEDULER_CHUNK" \
+    --walltime "$WALLTIME" --started "$((DPK_STARTED_US / 1000000))" >"$DPK_F_PLAN" \
+    2>"$DPK_F_ERR.plan.err" &
+  DPK_HELPER_PIDS+=("$!")
+  # Run by this script itself: the helper reads this script's initial environment from
+  # its parent's /proc entry, to tell what the template changed from what PBS gave.
+  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" env-file "$DPK_F_ENV" 2>"$DPK_F_ERR.env.err" || failed=1
+  for pid in "${DPK_HELPER_PIDS[@]}"; do
+    wait "$pid" || failed=1
+  done
+  DPK_HELPER_PIDS=()
+  dpk::relay "$DPK_F_ERR.env.err"
+  dpk::relay "$DPK_F_ERR.plan.err"
+  dpk::relay "$DPK_F_ERR.tls.err"
+  # Each helper has said what is wrong.
+  [[ $failed -eq 0 ]] || dpk::die "the job could not be prepared (see the message above; logs in $LOG_DIR/)"
+  dpk::parse_plan <"$DPK_F_PLAN"
+  dpk::log "read the job's chunks from $DPK_P_JOB_SOURCE"
+  if [[ -n $DPK_TLS_DIR ]]; then
+    # No require-encryption here: a PROGRAM may also start a LocalCluster of its own.
+    export DASK_DISTRIBUTED__COMM__TLS__CA_FILE=$DPK_TLS_DIR/ca.pem
+    export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=$DPK_TLS_DIR/client.pem
+    export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=$DPK_TLS_DIR/client.key
+  fi
 }
 
-# Start computing the launch plan (select statement, node file, walltime) in the
-# background, into LOG_DIR/plan.tsv. Sets DPK_PLAN_PID.
-dpk::start_plan() {
-  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" plan --nworkers "$NWORKERS" \
-    --nthreads "$NTHREADS" --reserve "$MEMORY_RESERVE" \
-    --worker-on-scheduler-chunk "$WORKER_ON_SCHEDULER_CHUNK" --started "$DPK_STARTED" \
-    >"$LOG_DIR/plan.tsv" &
-  DPK_PLAN_PID=$!
-}
-
-# Wait for the plan and read it (the helper has said what is wrong if it failed).
-# Sets DPK_WALLTIME_*, DPK_SCHED_* and the DPK_W_* arrays (one entry per worker chunk).
-dpk::read_plan() {
-  local plan kind a b c d e f
-  wait "$DPK_PLAN_PID" || exit 1
-  plan=$(<"$LOG_DIR/plan.tsv")
-  DPK_W_CHUNK=() DPK_W_LINE=() DPK_W_NODE=() DPK_W_NPROC=() DPK_W_THREADS=() DPK_W_MEMORY=()
-  DPK_EXPECTED=0
-  while IFS=$'\t' read -r kind a b c d e f; do
+# Read the launch plan (kit.py plan's tab-separated lines) from stdin.
+# Sets: DPK_P_JOB_SOURCE, DPK_P_WALLTIME_LEFT (-1: unknown), DPK_P_WALLTIME_SOURCE,
+# DPK_P_SCHED_{CHUNK,LINE,NODE}, DPK_P_EXPECTED (worker processes), and one
+# entry per worker chunk in DPK_P_W_{CHUNK,LINE,NODE,NPROC,THREADS,MEMORY,HOST_PROCS,PPM,BYTES}.
+dpk::parse_plan() {
+  local kind a b c d e f g h i
+  DPK_P_W_CHUNK=() DPK_P_W_LINE=() DPK_P_W_NODE=() DPK_P_W_NPROC=() DPK_P_W_THREADS=()
+  DPK_P_W_MEMORY=() DPK_P_W_HOST_PROCS=() DPK_P_W_PPM=() DPK_P_W_BYTES=()
+  DPK_P_EXPECTED=0 DPK_P_WALLTIME_LEFT=-1 DPK_P_WALLTIME_SOURCE=none DPK_P_JOB_SOURCE=""
+  while IFS=$'\t' read -r kind a b c d e f g h i; do
     case $kind in
-      walltime) DPK_WALLTIME_LEFT=$b ;;
-      scheduler) DPK_SCHED_CHUNK=$a DPK_SCHED_LINE=$b DPK_SCHED_NODE=$c ;;
+      job) DPK_P_JOB_SOURCE=$a ;;
+      walltime) DPK_P_WALLTIME_LEFT=$b DPK_P_WALLTIME_SOURCE=$c ;;
+      scheduler) DPK_P_SCHED_CHUNK=$a DPK_P_SCHED_LINE=$b DPK_P_SCHED_NODE=$c ;;
       worker)
-        DPK_W_CHUNK+=("$a") DPK_W_LINE+=("$b") DPK_W_NODE+=("$c")
-        DPK_W_NPROC+=("$d") DPK_W_THREADS+=("$e") DPK_W_MEMORY+=("$f")
-        DPK_EXPECTED=$((DPK_EXPECTED + d))
+        DPK_P_W_CHUNK+=("$a") DPK_P_W_LINE+=("$b") DPK_P_W_NODE+=("$c") DPK_P_W_NPROC+=("$d")
+        DPK_P_W_THREADS+=("$e") DPK_P_W_MEMORY+=("$f") DPK_P_W_HOST_PROCS+=("$g")
+        DPK_P_W_PPM+=("$h") DPK_P_W_BYTES+=("$i")
+        DPK_P_EXPECTED=$((DPK_P_EXPECTED + d))
         ;;
     esac
-  done <<<"$plan"
+  done
 }
 
-# With TLS=yes, start making the job's own CA and certificates in LOG_DIR/tls (0700; the
-# CA key is gone once they are signed), in the background while the plan is read.
-# Sets DPK_TLS_DIR (empty: tcp) and DPK_TLS_PID.
-dpk::start_tls() {
-  DPK_TLS_DIR="" DPK_TLS_PID=""
-  [[ $TLS == yes ]] || return 0
-  DPK_TLS_DIR=$LOG_DIR/tls
-  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" tls "$DPK_TLS_DIR" --name "$PBS_JOBID" &
-  DPK_TLS_PID=$!
-}
+# ------------------------------------------------------------------ 4 start
 
-# Wait for the certificates, and give this script's later Dask clients (PROGRAM) the
-# client certificate through Dask's configuration (after write_env: not for the tasks).
-dpk::finish_tls() {
-  [[ -n $DPK_TLS_PID ]] || return 0
-  wait "$DPK_TLS_PID" || exit 1
-  DPK_TLS_PID=""
-  # No require-encryption here: a PROGRAM may also start a LocalCluster of its own.
-  export DASK_DISTRIBUTED__COMM__TLS__CA_FILE=$DPK_TLS_DIR/ca.pem
-  export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=$DPK_TLS_DIR/client.pem
-  export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=$DPK_TLS_DIR/client.key
-}
-
-# ------------------------------------------------------------------ starting Dask
-
-# Start one Dask process on a node through pbsdsh, in the background.
-# Arguments: role chunk nodefile-line node [dask args...]. Appends to DPK_PIDS/DPK_WATCH.
-dpk::start_task() {
-  local role=$1 chunk=$2 line=$3 node=$4
-  shift 4
-  local log=$LOG_DIR/$role-$chunk.log
-  local pid_file=$LOG_DIR/$role-$chunk.pid
-  : >"$log"
-  # pbsdsh's own output says when a task fails; keep it beside the log.
-  pbsdsh -n "$line" -- /bin/bash "$DPK_LIB_DIR/task.sh" "$DPK_ENV_FILE" "$log" "$pid_file" \
-    "$node" "$INTERFACE" "$WORKER_OMP_THREADS" "$DPK_TLS_DIR" "$role" "$@" >"$log.pbsdsh" 2>&1 &
-  DPK_PIDS+=("$!") DPK_LINES+=("$line") DPK_PIDFILES+=("$pid_file")
-  DPK_WATCH+=(--watch "$role:$chunk:$node:$!:$log")
-}
-
-# Start the scheduler on the first chunk. Sets DPK_SCHED_PID.
-dpk::start_scheduler() {
-  # The preload keeps the registered workers' names in DPK_ROLL (see dpk::wait_ready) and
-  # stops the workers when the scheduler closes (see dpk::stop_cluster).
-  local -a args=(--scheduler-file "$DPK_JOB_SCHEDULER_FILE" --port "$SCHEDULER_PORT"
+# Start the scheduler, then the worker processes of every worker chunk.
+# Reads: the plan, knobs, DPK_F_*, DPK_TLS_DIR. Sets: DPK_T_* (one entry per task:
+# DPK_T_PID its pbsdsh, DPK_T_LINE, DPK_T_NODE, DPK_T_PIDFILE, DPK_T_LOG, DPK_T_WATCH
+# for the readiness check); the scheduler is task 0.
+dpk::start_cluster() {
+  DPK_T_PID=() DPK_T_LINE=() DPK_T_NODE=() DPK_T_PIDFILE=() DPK_T_LOG=() DPK_T_WATCH=()
+  local -a args extra
+  args=(--scheduler-file "$DPK_F_JOB_SCHEDULER" --port "$SCHEDULER_PORT"
     --preload "$DPK_LIB_DIR/scheduler_preload.py")
   case $DASHBOARD in
     network) args+=(--dashboard-address ":$DASHBOARD_PORT") ;;
     loopback) args+=(--dashboard-address "127.0.0.1:$DASHBOARD_PORT") ;;
     off) args+=(--no-dashboard) ;;
   esac
-  [[ -n $INTERFACE ]] && args+=(--interface "$INTERFACE")
-  local -a extra
   read -r -a extra <<<"$EXTRA_SCHEDULER_ARGS"
-  args+=("${extra[@]}")
-  dpk::log "starting the scheduler on chunk $DPK_SCHED_CHUNK (node $DPK_SCHED_NODE)"
-  dpk::start_task scheduler "$DPK_SCHED_CHUNK" "$DPK_SCHED_LINE" "$DPK_SCHED_NODE" "${args[@]}"
-  DPK_SCHED_PID=${DPK_PIDS[-1]} DPK_SCHED_INDEX=$((${#DPK_PIDS[@]} - 1))
+  dpk::log "starting the scheduler on chunk $DPK_P_SCHED_CHUNK (node $DPK_P_SCHED_NODE)"
+  dpk::start_task scheduler "$DPK_P_SCHED_CHUNK" "$DPK_P_SCHED_LINE" "$DPK_P_SCHED_NODE" 1 \
+    -- "${args[@]}" "${extra[@]}"
+
+  local i
+  read -r -a extra <<<"$EXTRA_WORKER_ARGS"
+  for i in "${!DPK_P_W_CHUNK[@]}"; do
+    args=(--scheduler-file "$DPK_F_JOB_SCHEDULER" --name "chunk-${DPK_P_W_CHUNK[i]}"
+      --nworkers "${DPK_P_W_NPROC[i]}" --nthreads "${DPK_P_W_THREADS[i]}")
+    dpk::start_task worker "${DPK_P_W_CHUNK[i]}" "${DPK_P_W_LINE[i]}" "${DPK_P_W_NODE[i]}" \
+      "${DPK_P_W_NPROC[i]}" memory="${DPK_P_W_MEMORY[i]}" host_procs="${DPK_P_W_HOST_PROCS[i]}" \
+      reserve_ppm="${DPK_P_W_PPM[i]}" reserve_bytes="${DPK_P_W_BYTES[i]}" -- "${args[@]}" "${extra[@]}"
+  done
+  dpk::log_workers
 }
 
-# Start the worker processes of every worker chunk (one pbsdsh task per chunk).
-dpk::start_workers() {
-  local i threads="${DPK_W_THREADS[0]} threads"
-  local -a extra args
-  read -r -a extra <<<"$EXTRA_WORKER_ARGS"
-  for i in "${!DPK_W_CHUNK[@]}"; do
-    args=(--scheduler-file "$DPK_JOB_SCHEDULER_FILE" --name "chunk-${DPK_W_CHUNK[i]}"
-      --nworkers "${DPK_W_NPROC[i]}" --nthreads "${DPK_W_THREADS[i]}"
-      --memory-limit "${DPK_W_MEMORY[i]}")
-    [[ -n $INTERFACE ]] && args+=(--interface "$INTERFACE")
-    args+=("${extra[@]}")
-    dpk::start_task worker "${DPK_W_CHUNK[i]}" "${DPK_W_LINE[i]}" "${DPK_W_NODE[i]}" "${args[@]}"
-  done
-  [[ ${DPK_W_THREADS[0]} == 1 ]] && threads="1 thread"
-  dpk::log "starting $DPK_EXPECTED worker processes on ${#DPK_W_CHUNK[@]} chunks" \
-    "($NWORKERS per chunk, $threads and ${DPK_W_MEMORY[0]} bytes each on chunk ${DPK_W_CHUNK[0]})"
+# Start one Dask process on a node through pbsdsh, in the background.
+# Arguments: role chunk nodefile-line node processes [task.sh settings...] -- [dask args...].
+# Appends to DPK_T_*.
+dpk::start_task() {
+  local role=$1 chunk=$2 line=$3 node=$4 nproc=$5
+  shift 5
+  local log=$LOG_DIR/$role-$chunk.log
+  local pid_file=$LOG_DIR/$role-$chunk.pid
+  : >"$log"
+  # pbsdsh's own output (a spawn failure, a task's exit status) goes beside the log.
+  pbsdsh -n "$line" -- /bin/bash "$DPK_LIB_DIR/task.sh" role="$role" env="$DPK_F_ENV" \
+    log="$log" pid="$pid_file" node="$node" kit="$DPK_KIT_DIR" python="$DPK_PYTHON" \
+    interface="$INTERFACE" iface="$LOG_DIR/$role-$chunk.iface" first="$DPK_P_SCHED_NODE" \
+    scheduler_file="$DPK_F_JOB_SCHEDULER" timeout="$READY_TIMEOUT" tls="$DPK_TLS_DIR" \
+    omp="$WORKER_OMP_THREADS" "$@" >"$log.pbsdsh" 2>&1 &
+  DPK_T_PID+=("$!") DPK_T_LINE+=("$line") DPK_T_NODE+=("$node") DPK_T_PIDFILE+=("$pid_file")
+  DPK_T_LOG+=("$log")
+  DPK_T_WATCH+=(--watch "$role:$chunk:$node:$!:$log:$nproc")
 }
+
+# Say what runs where, in one line of the job's log.
+dpk::log_workers() {
+  local memory=${DPK_P_W_MEMORY[0]} threads="${DPK_P_W_THREADS[0]} threads"
+  [[ ${DPK_P_W_THREADS[0]} == 1 ]] && threads="1 thread"
+  if [[ $memory == auto ]]; then
+    memory="a share of what each host grants (no mem= known: see each worker's log)"
+  else
+    memory="$memory bytes each, or less if a host grants less"
+  fi
+  local processes="$DPK_P_EXPECTED worker processes" chunks="${#DPK_P_W_CHUNK[@]} chunks"
+  [[ $DPK_P_EXPECTED == 1 ]] && processes="1 worker process"
+  [[ ${#DPK_P_W_CHUNK[@]} == 1 ]] && chunks="1 chunk"
+  dpk::log "starting $processes on $chunks ($NWORKERS per chunk; chunk ${DPK_P_W_CHUNK[0]}:" \
+    "$threads, memory $memory)"
+}
+
+# ------------------------------------------------------------------ 5 wait
 
 # Wait for the scheduler file and every worker, or fail naming what is missing.
+# Reads: DPK_T_WATCH, DPK_F_*. Sets: DPK_READY_US.
 dpk::wait_ready() {
   local status=0
-  "$DPK_PYTHON" "$DPK_LIB_DIR/wait_ready.py" --scheduler-file "$DPK_JOB_SCHEDULER_FILE" \
-    --roll "$DPK_ROLL" --workers "$DPK_EXPECTED" --timeout "$READY_TIMEOUT" "${DPK_WATCH[@]}" &
-  wait "$!" || status=$?
+  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" wait-ready --scheduler-file "$DPK_F_JOB_SCHEDULER" \
+    --roll "$DPK_F_ROLL" --timeout "$READY_TIMEOUT" "${DPK_T_WATCH[@]}" 2>"$DPK_F_ERR.ready.err" ||
+    status=$?
+  dpk::relay "$DPK_F_ERR.ready.err"
   [[ $status -eq 0 ]] || dpk::die "the cluster did not start (logs in $LOG_DIR/)"
-  dpk::now DPK_READY_AT
+  dpk::now_us DPK_READY_US
 }
 
-# Copy the per-job scheduler file to SCHEDULER_FILE in one rename: readers see it whole.
-# With TLS the client's configuration goes first, beside it, so that a client that sees
-# the scheduler file finds its certificate. Sets DPK_PUBLISHED and DPK_PUBLISHED_TLS
-# (their contents), so that teardown removes the files only if still ours.
-dpk::publish() {
+# ------------------------------------------------------------------ 6 announce
+
+# Write the banner (where the cluster is, how to reach it) to LOG_DIR/cluster-info.txt,
+# then publish SCHEDULER_FILE (and, with TLS, the client's configuration first, beside it)
+# in one rename each, then print the banner: PBS shows the job's output only at its end.
+# Reads: the plan, DPK_F_*, DPK_TLS_DIR, DPK_READY_US. Sets: DPK_PUB_SCHEDULER and
+# DPK_PUB_TLS (the published contents: teardown removes the files only if still ours).
+dpk::announce() {
+  local -a tls=()
+  [[ -n $DPK_TLS_DIR ]] && tls=(--tls-dir "$DPK_TLS_DIR" --tls-config "$DPK_F_TLS_CONFIG")
+  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" banner --scheduler-file "$DPK_F_JOB_SCHEDULER" \
+    --published "$SCHEDULER_FILE" --workers "$DPK_P_EXPECTED" --chunks "${#DPK_P_W_CHUNK[@]}" \
+    --took "$(dpk::seconds "$((DPK_READY_US - DPK_STARTED_US))")" --dashboard "$DASHBOARD" \
+    --node "$DPK_P_SCHED_NODE" --login-host "${PBS_O_HOST:-LOGIN_NODE}" --log-dir "$LOG_DIR" \
+    --interface "$INTERFACE" "${tls[@]}" >"$DPK_F_INFO" 2>"$DPK_F_ERR.banner.err" ||
+    dpk::warn "the banner could not be written (the cluster runs: see $DPK_F_JOB_SCHEDULER)"
+  dpk::relay "$DPK_F_ERR.banner.err"
+  DPK_PUB_SCHEDULER="" DPK_PUB_TLS=""
   if [[ -n $DPK_TLS_DIR ]]; then
-    dpk::read_file DPK_PUBLISHED_TLS "$DPK_TLS_DIR/client-config.json"
-    dpk::copy_atomic "$DPK_TLS_DIR/client-config.json" "$DPK_TLS_CONFIG"
+    dpk::read_file DPK_PUB_TLS "$DPK_TLS_DIR/client-config.json"
+    dpk::copy_atomic "$DPK_TLS_DIR/client-config.json" "$DPK_F_TLS_CONFIG"
   fi
-  dpk::read_file DPK_PUBLISHED "$DPK_JOB_SCHEDULER_FILE"
-  dpk::copy_atomic "$DPK_JOB_SCHEDULER_FILE" "$SCHEDULER_FILE"
+  dpk::read_file DPK_PUB_SCHEDULER "$DPK_F_JOB_SCHEDULER"
+  dpk::copy_atomic "$DPK_F_JOB_SCHEDULER" "$SCHEDULER_FILE"
+  local banner
+  dpk::read_file banner "$DPK_F_INFO"
+  printf '%s' "$banner"
+  printf '%s' "$banner" >>"$DPK_F_LOG"
 }
 
 # Copy a file in one rename (mode 0600 under the job's umask). Arguments: from to.
@@ -263,123 +378,91 @@ dpk::copy_atomic() {
   fi
 }
 
-# Print where the cluster is and how to reach it (read from the per-job scheduler file:
-# the banner is written before SCHEDULER_FILE is published).
-dpk::banner() {
-  local address took
-  address=$(sed -n 's/.*"address": *"\([^"]*\)".*/\1/p' "$DPK_JOB_SCHEDULER_FILE")
-  dpk::elapsed took "$DPK_STARTED" "$DPK_READY_AT"
-  dpk::log "cluster ready in $took s: $DPK_EXPECTED workers"
-  printf '  scheduler: %s\n' "$address"
-  dpk::banner_dashboard
-  dpk::banner_connect
-  printf '  logs:      %s/\n' "$LOG_DIR"
-}
+# ------------------------------------------------------------------ 7 the job's work
 
-# The dashboard lines of the banner: where it is and the ssh tunnel a laptop runs.
-dpk::banner_dashboard() {
-  local url
-  local -a where=() tunnel
-  if [[ $DASHBOARD == off ]]; then
-    printf '  dashboard: off (DASHBOARD=off)\n'
-    return
-  fi
-  [[ $DASHBOARD == loopback ]] && where=(--loopback --node "$DPK_SCHED_NODE")
-  url=$("$DPK_PYTHON" "$DPK_KIT_DIR/helpers/dashboard_url.py" "$DPK_JOB_SCHEDULER_FILE" "${where[@]}" 2>&1) || true
-  mapfile -t tunnel < <("$DPK_PYTHON" "$DPK_KIT_DIR/helpers/dashboard_url.py" "$DPK_JOB_SCHEDULER_FILE" \
-    --tunnel "${PBS_O_HOST:-LOGIN_NODE}" "${where[@]}" 2>/dev/null)
-  if [[ $DASHBOARD == loopback ]]; then
-    printf '  dashboard: %s on node %s only (DASHBOARD=loopback)\n' "$url" "$DPK_SCHED_NODE"
-  else
-    printf '  dashboard: %s   (plain HTTP, open to anyone who reaches the node; DASHBOARD=loopback keeps it on the node)\n' "$url"
-  fi
-  [[ ${#tunnel[@]} -eq 2 ]] && printf '  tunnel:    %s   (on your laptop, %s)\n' "${tunnel[0]}" "${tunnel[1]#\# }"
-  return 0
-}
-
-# The Python line that connects a client, and what protects the cluster.
-dpk::banner_connect() {
-  if [[ -z $DPK_TLS_DIR ]]; then
-    printf '  connect:   from dask.distributed import Client; client = Client(scheduler_file="%s")\n' "$SCHEDULER_FILE"
-    printf '  security:  none (TLS=no): anyone who can reach node %s can run code on this cluster as you\n' "$DPK_SCHED_NODE"
-    return
-  fi
-  printf '  connect:   from dask.distributed import Client, Security; client = Client(scheduler_file="%s", security=Security(tls_ca_file="%s", tls_client_cert="%s", tls_client_key="%s", require_encryption=True))\n' \
-    "$SCHEDULER_FILE" "$DPK_TLS_DIR/ca.pem" "$DPK_TLS_DIR/client.pem" "$DPK_TLS_DIR/client.key"
-  printf '  security:  TLS with certificates made for this job only (%s/, deleted when the job ends); %s names them for examples/job_client.py\n' \
-    "$DPK_TLS_DIR" "$DPK_TLS_CONFIG"
-}
-
-# Set variable $1 to the seconds between two dpk::now stamps, two decimals, without a
-# fork (bash has no floating point). Arguments: name from to.
-dpk::elapsed() {
-  local from=${2#*.}00 to=${3#*.}00
-  local -i cs=$(((${3%%.*} - ${2%%.*}) * 100 + 10#${to:0:2} - 10#${from:0:2}))
-  printf -v "$1" '%d.%02d' $((cs / 100)) $((cs % 100))
-}
-
-# ------------------------------------------------------------------ holding or running
-
-# True while the scheduler runs: its pbsdsh has not returned, and it has not said that
-# it closed (its Python may take a while longer to exit).
+# True while the scheduler runs: its process on this node (the mother superior) is alive
+# and it has not said that it closed (its Python may take a while longer to exit).
+# Reads: DPK_T_PID[0], DPK_T_PIDFILE[0], DPK_F_CLOSED.
 dpk::scheduler_alive() {
-  kill -0 "$DPK_SCHED_PID" 2>/dev/null && [[ ! -e $DPK_SCHED_CLOSED ]]
-}
-
-# Sleep a little in a way a trapped signal interrupts at once, without a fork: a read
-# with a timeout on a pipe that nobody writes to (the job's own end of it). The waits
-# of the teardown run while the node's cores are busy with the workers' exits.
-dpk::nap() {
-  [[ -n ${DPK_NAP_FD:-} ]] || exec {DPK_NAP_FD}<> <(:)
-  read -r -t "${1:-0.2}" -u "$DPK_NAP_FD" || true
-}
-
-# Interactive mode: keep the cluster until the walltime less WALLTIME_MARGIN, or until
-# the scheduler ends (a client called shutdown()). Sets DPK_STATUS.
-dpk::hold() {
-  local end=""
-  if [[ ${DPK_WALLTIME_LEFT:--1} -ge 0 ]]; then
-    end=$((SECONDS + DPK_WALLTIME_LEFT - WALLTIME_MARGIN))
-    dpk::log "holding the cluster for $((DPK_WALLTIME_LEFT - WALLTIME_MARGIN)) s (walltime less WALLTIME_MARGIN=$WALLTIME_MARGIN s); qdel $PBS_JOBID ends it sooner"
+  local pid=""
+  [[ ! -e $DPK_F_CLOSED ]] || return 1
+  read -r pid 2>/dev/null <"${DPK_T_PIDFILE[0]}" || true
+  if [[ $pid =~ ^[0-9]+$ ]]; then
+    dpk::alive "$pid"
   else
-    dpk::log "holding the cluster until the job is deleted (no walltime found)"
+    dpk::alive "${DPK_T_PID[0]}"  # the task has not started yet: its pbsdsh
+  fi
+}
+
+# Interactive mode: hold the cluster until the walltime less WALLTIME_MARGIN, or until the
+# scheduler ends (a client called shutdown()). Reads: DPK_P_WALLTIME_*, DPK_F_CLOSED.
+# Returns: 0, or 1 if the scheduler died.
+dpk::hold() {
+  local hold=-1 end
+  if [[ $DPK_P_WALLTIME_LEFT -ge 0 ]]; then
+    hold=$((DPK_P_WALLTIME_LEFT - WALLTIME_MARGIN))
+    if [[ $hold -le 0 ]]; then
+      dpk::log "only $DPK_P_WALLTIME_LEFT s of walltime left, not more than WALLTIME_MARGIN=$WALLTIME_MARGIN s: stopping the cluster now (ask for more walltime, or lower WALLTIME_MARGIN)"
+      return 0
+    fi
+    end=$((SECONDS + hold))
+    local from=$DPK_P_WALLTIME_SOURCE
+    [[ $from == pbs ]] && from=PBS
+    dpk::log "holding the cluster for $hold s (the walltime left, known from $from, less WALLTIME_MARGIN=$WALLTIME_MARGIN s); qdel $PBS_JOBID ends it sooner"
+  else
+    dpk::log "holding the cluster until qdel $PBS_JOBID or the walltime (unknown: set WALLTIME to stop cleanly before it)"
   fi
   while dpk::scheduler_alive; do
-    if [[ -n $end && $SECONDS -ge $end ]]; then
+    if [[ $hold -ge 0 && $SECONDS -ge $end ]]; then
       dpk::log "walltime nearly over: shutting the cluster down"
-      DPK_STATUS=0
-      return
+      return 0
     fi
     dpk::nap 1
   done
-  dpk::log "the scheduler has ended (a client shut it down, or it failed: see $LOG_DIR/scheduler-$DPK_SCHED_CHUNK.log)"
-  DPK_STATUS=0
-  grep -q 'exit status' "$LOG_DIR/scheduler-$DPK_SCHED_CHUNK.log.pbsdsh" 2>/dev/null && DPK_STATUS=1
-  return 0
+  if [[ -e $DPK_F_CLOSED ]]; then
+    dpk::log "the scheduler has been shut down (by a client): ending the job"
+    return 0
+  fi
+  dpk::warn "the scheduler died (see $LOG_DIR/scheduler-$DPK_P_SCHED_CHUNK.log)"
+  return 1
 }
 
-# Production mode: run PROGRAM from the submit folder; its status is the job's. The job
-# waits for the program itself (and so sees it end at once); a watcher beside it stops
-# the program and fails the job if the scheduler dies meanwhile. A scheduler closed
-# cleanly (the program called client.shutdown()) stops nothing: the program may have
-# work left that needs no cluster. Sets DPK_STATUS.
+# Production mode: run PROGRAM from the submit folder; the job waits for the program itself
+# (and so sees it end at once); a watcher beside it stops the program if the scheduler dies
+# meanwhile. A scheduler closed cleanly (the program called client.shutdown()) stops
+# nothing: the program may have work left that needs no cluster.
+# Reads: DPK_PROGRAM, SCHEDULER_FILE. Sets: DPK_PROGRAM_PID while it runs, DPK_WATCHER_PID,
+# DPK_PROGRAM_END_US. Returns: the program's status, 1 if the scheduler died.
 dpk::run_program() {
+  local status=0
   dpk::log "running: ${DPK_PROGRAM[*]} (in $PBS_O_WORKDIR)"
   export DASK_SCHEDULER_FILE=$SCHEDULER_FILE
   (cd "$PBS_O_WORKDIR" && exec "${DPK_PROGRAM[@]}") &
   DPK_PROGRAM_PID=$!
   dpk::watch_scheduler "$DPK_PROGRAM_PID" &
   DPK_WATCHER_PID=$!
-  DPK_STATUS=0
-  wait "$DPK_PROGRAM_PID" || DPK_STATUS=$?
-  dpk::now DPK_PROGRAM_END
+  wait "$DPK_PROGRAM_PID" || status=$?
+  dpk::now_us DPK_PROGRAM_END_US
   DPK_PROGRAM_PID=""
   dpk::stop_watcher
-  if [[ -e $DPK_SCHED_DIED ]]; then
-    DPK_STATUS=1
-  else
-    dpk::log "the program exited with status $DPK_STATUS"
+  if [[ -e $DPK_F_DIED ]]; then
+    return 1
   fi
+  dpk::log "the program exited with status $status"
+  return "$status"
+}
+
+# In the background, beside the program (argument: its PID): if the scheduler ends without
+# having closed (a crash, the OOM killer), mark DPK_F_DIED and stop the program, which
+# would otherwise wait on a cluster that is gone. Checks twice a second.
+dpk::watch_scheduler() {
+  while dpk::scheduler_alive; do
+    dpk::nap 0.5
+  done
+  [[ -e $DPK_F_CLOSED ]] && return 0
+  : >"$DPK_F_DIED"
+  dpk::warn "the scheduler died while the program ran (see $LOG_DIR/scheduler-$DPK_P_SCHED_CHUNK.log): stopping the program"
+  kill -TERM "$1" 2>/dev/null
 }
 
 # Stop the scheduler watcher of dpk::run_program, if any.
@@ -390,111 +473,135 @@ dpk::stop_watcher() {
   DPK_WATCHER_PID=""
 }
 
-# In the background, beside the program (argument: its PID): if the scheduler's task
-# ends without the scheduler having closed (a crash, the OOM killer), say so, mark
-# DPK_SCHED_DIED and stop the program, which would otherwise wait on a cluster that is
-# gone. Checks twice a second.
-dpk::watch_scheduler() {
-  while dpk::scheduler_alive; do
-    dpk::nap 0.5
+# ------------------------------------------------------------------ 8 teardown
+
+# EXIT trap: stop what runs, whatever ended the script, within STOP_TIMEOUT in all (PBS's
+# kill delay, 10 s by default, is all a qdel leaves). Stages, each SIGTERM, then a grace
+# period, then SIGKILL to what is left:
+#   the program (production): until half of STOP_TIMEOUT;
+#   the scheduler: its plugin tells every worker to close, gives them half a second to
+#     unregister, closes and writes DPK_F_CLOSED; the published files go meanwhile;
+#   only if the scheduler did not close (it had died): each task still running, signalled
+#     through a second pbsdsh on its node, until STOP_TIMEOUT.
+# What is left after a clean close is Dask processes finishing their exit, which PBS ends
+# with the job on every node (MoM kills every task of a job when its script exits).
+# Reads: everything the phases set. Sets nothing; exits with the status it was called with.
+dpk::teardown() {
+  local status=$? start now pid
+  trap - EXIT TERM INT HUP
+  set +e
+  dpk::now_us start
+  local half=$((start + STOP_TIMEOUT * 500000)) end=$((start + STOP_TIMEOUT * 1000000))
+  for pid in "${DPK_HELPER_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null  # a signal came while the job was being prepared
   done
-  [[ -e $DPK_SCHED_CLOSED ]] && return 0
-  : >"$DPK_SCHED_DIED"
-  dpk::warn "the scheduler died while the program ran (see $LOG_DIR/scheduler-$DPK_SCHED_CHUNK.log): stopping the program"
-  kill -TERM "$1" 2>/dev/null
+  dpk::stop_program "$half"
+  dpk::stop_watcher
+  if [[ ${#DPK_T_PID[@]} -gt 0 ]]; then
+    dpk::stop_scheduler "$end"
+    dpk::unpublish
+    [[ -e $DPK_F_CLOSED ]] || dpk::stop_tasks "$end"
+  fi
+  [[ -n ${DPK_TLS_DIR:-} ]] && rm -rf "$DPK_TLS_DIR"
+  [[ -n ${DPK_F_NAP:-} ]] && rm -f "$DPK_F_NAP"
+  dpk::now_us now
+  if [[ -n ${DPK_PROGRAM_END_US:-} ]]; then
+    dpk::log "cluster stopped $(dpk::seconds "$((now - DPK_PROGRAM_END_US))") s after the program ended; exit status $status"
+  elif [[ ${#DPK_T_PID[@]} -gt 0 ]]; then
+    dpk::log "cluster stopped in $(dpk::seconds "$((now - start))") s; exit status $status"
+  fi
+  exit "$status"
 }
 
-# ------------------------------------------------------------------ shutting down
-
-# Stop the cluster, in two calls: dpk::stop_scheduler sends the scheduler its SIGTERM, and
-# dpk::stop_cluster waits for it to close and stops what is left. One SIGTERM to the
-# scheduler does it all: its plugin tells every worker to close, gives them up to half a
-# second to unregister, closes the scheduler and writes DPK_SCHED_CLOSED. What is left
-# then is Dask processes finishing their exit, which PBS ends with the job on every node.
-# Otherwise (the scheduler had died, or did not close) every task still running gets its
-# own SIGTERM through pbsdsh, and SIGKILL past STOP_TIMEOUT.
-# Both set and read DPK_KILLERS (the second pbsdsh runs) and DPK_STOP_BY (the deadline).
-dpk::stop_scheduler() {
-  DPK_KILLERS=() DPK_STOP_BY=$((SECONDS + STOP_TIMEOUT))
-  [[ ${#DPK_PIDS[@]} -gt 0 && -n ${DPK_SCHED_INDEX:-} ]] || return 0
-  dpk::scheduler_alive && dpk::signal_tasks "$DPK_SCHED_INDEX"
-  return 0
-}
-
-dpk::stop_cluster() {
-  [[ ${#DPK_PIDS[@]} -gt 0 ]] || return 0
-  local i end=$DPK_STOP_BY
-  local -a left=()
-  while dpk::scheduler_alive && [[ $SECONDS -lt $end ]]; do
+# Wait until process $1 has gone (see dpk::alive) or the clock passes $2 (microseconds).
+# Returns 0 if it has gone.
+dpk::wait_gone() {
+  local now
+  while dpk::alive "$1"; do
+    dpk::now_us now
+    [[ $now -lt $2 ]] || return 1
     dpk::nap 0.02
   done
-  if [[ -e $DPK_SCHED_CLOSED ]]; then
-    left=()
-  else
-    for i in "${!DPK_PIDS[@]}"; do
-      kill -0 "${DPK_PIDS[i]}" 2>/dev/null && left+=("$i")
-    done
-  fi
-  if [[ ${#left[@]} -gt 0 ]]; then
-    dpk::signal_tasks "${left[@]}"
-    dpk::wait_tasks "$end" "${left[@]}"
-    dpk::kill_tasks "${left[@]}"
-  fi
-  [[ ${#DPK_KILLERS[@]} -eq 0 ]] || wait "${DPK_KILLERS[@]}" 2>/dev/null || true
-  DPK_PIDS=()
 }
 
-# SIGTERM (a clean exit) to the Dask process of each task at these indices of DPK_PIDS,
-# through a second pbsdsh on its node (PIDs recorded by task.sh), or directly on this
-# node. Appends to DPK_KILLERS.
-dpk::signal_tasks() {
-  local i pid
-  for i in "$@"; do
-    kill -0 "${DPK_PIDS[i]}" 2>/dev/null || continue
-    read -r pid 2>/dev/null <"${DPK_PIDFILES[i]}" || continue
-    [[ $pid =~ ^[0-9]+$ ]] || continue
-    if [[ ${DPK_LINES[i]} == 0 ]]; then
-      kill -TERM "$pid" 2>/dev/null  # node-file line 0 is this node, the mother superior
-      continue
+# The program (production mode), if it still runs: SIGTERM, until $1, then SIGKILL.
+dpk::stop_program() {
+  [[ -n ${DPK_PROGRAM_PID:-} ]] || return 0
+  kill -TERM "$DPK_PROGRAM_PID" 2>/dev/null
+  dpk::wait_gone "$DPK_PROGRAM_PID" "$1" && return 0
+  dpk::warn "the program did not stop within STOP_TIMEOUT/2 after SIGTERM: killing it"
+  kill -KILL "$DPK_PROGRAM_PID" 2>/dev/null
+}
+
+# The scheduler (task 0, on this node): SIGTERM, then wait until it says it closed or its
+# process is gone, until $1; then SIGKILL.
+dpk::stop_scheduler() {
+  local pid="" now
+  read -r pid 2>/dev/null <"${DPK_T_PIDFILE[0]}" || true
+  [[ $pid =~ ^[0-9]+$ ]] && dpk::alive "$pid" || return 0
+  [[ -e $DPK_F_CLOSED ]] || kill -TERM "$pid" 2>/dev/null
+  dpk::unpublish  # no client may find a cluster that is going
+  while [[ ! -e $DPK_F_CLOSED ]] && dpk::alive "$pid"; do
+    dpk::now_us now
+    if [[ $now -ge $1 ]]; then
+      dpk::warn "the scheduler did not close within STOP_TIMEOUT=$STOP_TIMEOUT s of its SIGTERM: killing it"
+      kill -KILL "$pid" 2>/dev/null
+      return 0
     fi
-    # shellcheck disable=SC2016 # $1 expands in the task's shell
-    pbsdsh -n "${DPK_LINES[i]}" -- /bin/sh -c 'kill -TERM "$1" 2>/dev/null' sh "$pid" >/dev/null 2>&1 &
-    DPK_KILLERS+=("$!")
+    dpk::nap 0.02
   done
 }
 
-# Wait until the tasks at these indices have ended (the first pbsdsh of a task returns
-# when its task has exited), or until SECONDS reaches the deadline. Arguments: deadline
-# indices...
-dpk::wait_tasks() {
-  local deadline=$1 i
-  shift
-  for i in "$@"; do
-    while kill -0 "${DPK_PIDS[i]}" 2>/dev/null && [[ $SECONDS -lt $deadline ]]; do
-      dpk::nap 0.05
-    done
-  done
-}
-
-# SIGKILL the first pbsdsh of the tasks still running (PBS kills the task itself when the
-# job ends, on every node).
-dpk::kill_tasks() {
+# Every task whose pbsdsh still runs (the scheduler died without closing the workers):
+# SIGTERM to its Dask process, a grace period until $1, then SIGKILL.
+dpk::stop_tasks() {
   local i
-  for i in "$@"; do
-    if kill -0 "${DPK_PIDS[i]}" 2>/dev/null; then
-      dpk::warn "a Dask process did not stop within STOP_TIMEOUT=$STOP_TIMEOUT s: killing it (see $LOG_DIR/)"
-      kill -KILL "${DPK_PIDS[i]}" 2>/dev/null
-    fi
+  local -a left=()
+  DPK_SIGNALLERS=()
+  for i in "${!DPK_T_PID[@]}"; do
+    dpk::alive "${DPK_T_PID[i]}" && left+=("$i")
+  done
+  [[ ${#left[@]} -gt 0 ]] || return 0
+  for i in "${left[@]}"; do
+    dpk::signal_task TERM "$i"
+  done
+  for i in "${left[@]}"; do
+    dpk::wait_gone "${DPK_T_PID[i]}" "$1" && continue
+    dpk::warn "the Dask process on node ${DPK_T_NODE[i]} did not stop within STOP_TIMEOUT=$STOP_TIMEOUT s of its SIGTERM: killing it (see ${DPK_T_LOG[i]})"
+    dpk::signal_task KILL "$i"
+    kill -KILL "${DPK_T_PID[i]}" 2>/dev/null
+  done
+  # The signalling pbsdsh runs end with their kill; one that hangs (a node going down)
+  # must not hold the job.
+  for i in "${DPK_SIGNALLERS[@]}"; do
+    dpk::wait_gone "$i" "$(($1 + 1000000))" || kill -KILL "$i" 2>/dev/null
   done
 }
 
-# Remove what must not outlive the job: the published files (if still ours).
-dpk::unpublish() {
-  dpk::remove_if_ours "$SCHEDULER_FILE" "${DPK_PUBLISHED:-}"
-  dpk::remove_if_ours "${DPK_TLS_CONFIG:-}" "${DPK_PUBLISHED_TLS:-}"
+# Send signal $1 to the Dask process of task $2 (its PID recorded by task.sh): directly on
+# this node, else through a second pbsdsh on its node-file line, in the background (its PID
+# appended to DPK_SIGNALLERS).
+dpk::signal_task() {
+  local sig=$1 i=$2 pid=""
+  read -r pid 2>/dev/null <"${DPK_T_PIDFILE[i]}" || return 0
+  [[ $pid =~ ^[0-9]+$ ]] || return 0
+  if [[ ${DPK_T_NODE[i]} == "$DPK_P_SCHED_NODE" ]]; then
+    kill -"$sig" "$pid" 2>/dev/null
+  else
+    # shellcheck disable=SC2016 # $1 and $2 expand in the task's shell
+    pbsdsh -n "${DPK_T_LINE[i]}" -- /bin/sh -c 'kill -"$1" "$2" 2>/dev/null' sh "$sig" "$pid" \
+      >/dev/null 2>&1 &
+    DPK_SIGNALLERS+=("$!")
+  fi
 }
 
-# Remove a published file unless another job has replaced it. Arguments: path content.
+# Remove the published files, if still ours (another job may have replaced them).
+dpk::unpublish() {
+  dpk::remove_if_ours "$SCHEDULER_FILE" "${DPK_PUB_SCHEDULER:-}"
+  dpk::remove_if_ours "${DPK_F_TLS_CONFIG:-}" "${DPK_PUB_TLS:-}"
+}
+
+# Remove file $1 if its content is still $2 (and our temporary copy in any case).
 dpk::remove_if_ours() {
   [[ -n $1 ]] || return 0
   local now=""
@@ -505,42 +612,13 @@ dpk::remove_if_ours() {
   rm -f "$1.$PBS_JOBID.tmp"
 }
 
-# Delete the job's key material once no Dask process uses it.
-dpk::remove_tls() {
-  [[ -n ${DPK_TLS_DIR:-} ]] && rm -rf "$DPK_TLS_DIR"
-  return 0
-}
-
-# EXIT trap: stop the program and the cluster, whatever ended the script.
-dpk::on_exit() {
-  local status=$? now took
-  trap - EXIT TERM INT HUP
-  set +e
-  if [[ -n ${DPK_PROGRAM_PID:-} ]]; then
-    kill -TERM "$DPK_PROGRAM_PID" 2>/dev/null
-  fi
-  dpk::stop_watcher
-  dpk::stop_scheduler  # first: the files below go while it closes
-  dpk::unpublish
-  dpk::stop_cluster
-  [[ -n ${DPK_TLS_PID:-} ]] && wait "$DPK_TLS_PID" 2>/dev/null
-  dpk::remove_tls
-  if [[ -n ${DPK_PROGRAM_END:-} ]]; then
-    dpk::now now
-    dpk::elapsed took "$DPK_PROGRAM_END" "$now"
-    dpk::log "cluster stopped $took s after the program ended; exit status $status"
-  else
-    dpk::log "cluster stopped; exit status $status"
-  fi
-  exit "$status"
-}
-
-# TERM/INT/HUP trap (qdel, walltime): a clean stop within PBS's kill delay.
-# Interactive jobs end with 0 (the normal way to end them); production jobs with 128+signal.
+# TERM/INT/HUP trap (qdel, walltime): exit, and the EXIT trap stops the cluster within
+# PBS's kill delay. The script's status: 0 in interactive mode (the normal way to end it),
+# 128+signal in production mode. (Where PBS starts the script through the user's login
+# shell, as real MoMs do, that shell dies of the same SIGTERM and PBS records 271.)
 dpk::on_signal() {
-  local sig=$1 code
-  dpk::log "received SIG$sig: shutting the cluster down"
-  code=$((128 + $(kill -l "$sig")))
+  local code=$((128 + $(kill -l "$1")))
+  dpk::log "received SIG$1: shutting the cluster down"
   [[ $DPK_MODE == interactive ]] && code=0
   exit "$code"
 }
@@ -549,37 +627,26 @@ dpk::on_signal() {
 
 # Run the cluster. Argument: interactive (hold until walltime) or production (PROGRAM).
 dpk::main() {
-  DPK_MODE=${1:?dpk::main needs interactive or production}
-  dpk::now DPK_STARTED
-  DPK_PIDS=() DPK_LINES=() DPK_PIDFILES=() DPK_WATCH=() DPK_STATUS=0
-  dpk::check_knobs
-  # Split PROGRAM once, before anything starts: a blank one is refused here.
-  read -r -a DPK_PROGRAM <<<"${PROGRAM:-}"
-  [[ $DPK_MODE != production || ${#DPK_PROGRAM[@]} -gt 0 ]] ||
-    dpk::die "PROGRAM is empty: set the command to run in the template or with qsub -v PROGRAM=..."
-  dpk::prepare
-  trap dpk::on_exit EXIT
-  # The three helpers run at once: together they take as long as the slowest.
-  dpk::start_tls
-  dpk::start_plan
-  dpk::write_env
-  dpk::read_plan
-  dpk::finish_tls
+  DPK_MODE=${1:-}
+  [[ $DPK_MODE == interactive || $DPK_MODE == production ]] ||
+    dpk::die "dpk::main needs interactive or production, not '$DPK_MODE'"
+  dpk::now_us DPK_STARTED_US
+  DPK_T_PID=() DPK_HELPER_PIDS=()
   trap 'dpk::on_signal TERM' TERM
   trap 'dpk::on_signal INT' INT
   trap 'dpk::on_signal HUP' HUP
-  dpk::start_scheduler
-  dpk::start_workers
+  dpk::check_knobs
+  dpk::prepare
+  trap dpk::teardown EXIT
+  dpk::read_job
+  dpk::start_cluster
   dpk::wait_ready
-  # Also in a file, whole before scheduler.json appears: PBS shows the job's output
-  # only when the job has ended.
-  dpk::banner >"$LOG_DIR/cluster-info.txt"
-  dpk::publish
-  cat "$LOG_DIR/cluster-info.txt"
+  dpk::announce
+  local status=0
   if [[ $DPK_MODE == production ]]; then
-    dpk::run_program
+    dpk::run_program || status=$?
   else
-    dpk::hold
+    dpk::hold || status=$?
   fi
-  exit "$DPK_STATUS"
+  exit "$status"
 }

@@ -32,8 +32,8 @@ load test_helper
     -v READY_TIMEOUT=8 -v "EXTRA_WORKER_ARGS=--scheduler-file /nonexistent/scheduler.json"
   [ "$status" -eq 1 ]
   run job_output dask-cluster-path
-  [[ $output == *"only 0 of 1 workers connected after 8 s"* ]]
-  [[ $output == *"missing: the worker of chunk 1 (node node01), log "*"worker-1.log"* ]]
+  [[ $output == *"only 0 of 1 worker connected after 8 s"* ]]
+  [[ $output == *"missing: 1 of 1 worker process of chunk 1 (node node01), log "*"worker-1.log"* ]]
   assert_no_job_processes
 }
 
@@ -41,7 +41,7 @@ load test_helper
   submit launch-dask-cluster-path.pbs -l select=1:ncpus=1:mem=1gb
   [ "$status" -eq 1 ]
   run job_output dask-cluster-path
-  [[ $output == *"no chunk for workers (ask for select=2 or more, or set WORKER_ON_SCHEDULER_CHUNK=yes)"* ]]
+  [[ $output == *"no chunk for workers (ask for select=2 or more, or set WORKER_ON_SCHEDULER_CHUNK=yes or auto)"* ]]
 }
 
 @test "a knob with a bad value is refused before anything starts" {

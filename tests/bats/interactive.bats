@@ -3,11 +3,6 @@
 
 load test_helper
 
-# Wait for the job's published scheduler file (the cluster is ready once it exists).
-wait_ready() {
-  "$PY" "$KIT/helpers/dashboard_url.py" --wait 90 scheduler.json
-}
-
 @test "path template: workers, threads, memory, TMPDIR, job-script variables and logs" {
   submit_background launch-dask-cluster-path.pbs -l select=3:ncpus=2:mem=2gb -l walltime=00:03:00 \
     -v "ODD_VALUE=a b \$HOME é"
@@ -148,7 +143,7 @@ print(set(client.run(os.getenv, "CONDA_DEFAULT_ENV").values()))
   with_client 'client.shutdown()'
   wait "$JOB_QSUB_PID"
   run job_output dask-cluster-path
-  [[ $output == *"the scheduler has ended"* ]]
+  [[ $output == *"the scheduler has been shut down (by a client): ending the job"* ]]
   assert_no_job_processes
 }
 

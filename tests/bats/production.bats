@@ -82,13 +82,13 @@ PY
   [ ! -e scheduler.json ]
 }
 
-@test "an empty PROGRAM is refused before anything starts" {
-  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM=
-  # PROGRAM= falls back to the template's default; a blank one is refused.
+@test "a blank PROGRAM is refused before anything starts" {
   submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v "PROGRAM= "
   [ "$status" -eq 1 ]
   run cat dask-wordcount.o*
-  [[ $output == *"PROGRAM is empty"* ]]
+  [ "$output" = "dask-pbs: PROGRAM is empty: set the command to run in the template or with qsub -v PROGRAM=..." ]
+  [ ! -e dask-logs ]
+  assert_no_job_processes
 }
 
 @test "teardown: one signal to the scheduler stops every worker, and nothing of the job is left" {

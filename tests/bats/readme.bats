@@ -3,9 +3,16 @@
 
 load test_helper
 
+# A copy of the kit in this test's folder, as a user has it after `git clone` and `make
+# venv` (the venv is the checkout's own): commands run there change nothing in the checkout.
+kit_copy() {
+  cp -rp "$KIT/scripts" "$KIT/helpers" "$KIT/examples" "$KIT/requirements" "$KIT/Makefile" .
+  ln -s "$KIT/.venv" .venv
+  mkdir -p tests && ln -s "$KIT/tests/fakepbs" tests/fakepbs
+}
+
 @test "make demo runs the wordcount job on the fake PBS and exits 0" {
-  cd "$KIT"
-  rm -rf "$BATS_TEST_TMPDIR/before" && ls dask-logs >"$BATS_TEST_TMPDIR/before" 2>/dev/null || true
+  kit_copy
   run make demo
   echo "$output"
   [ "$status" -eq 0 ]
@@ -15,19 +22,14 @@ load test_helper
   [[ $output == *"cluster stopped"* ]]
   [[ $output == *"make demo: job exit status 0"* ]]
   assert_no_job_processes
-  jobid=$(sed -n 's/^dask-pbs: job \([^:]*\):.*/\1/p' <<<"$output")
-  rm -rf "dask-logs/$jobid" dask-wordcount.o*
-  rmdir dask-logs 2>/dev/null || true
 }
 
 @test "the fake PBS section's commands and the lookup-table example work as written" {
-  cp -r "$KIT/scripts" "$KIT/helpers" "$KIT/examples" .
-  ln -s "$KIT/.venv" .venv
+  kit_copy
   export PATH="$PWD/tests/fakepbs/bin:$PATH"
-  mkdir -p tests && ln -s "$KIT/tests/fakepbs" tests/fakepbs
-  run qsub -W block=true -l select=3:ncpus=2:mem=4gb -v INTERFACE=lo scripts/launch-dask-wordcount.pbs
+  run qsub -W block=true -l select=3:ncpus=2:mem=4gb scripts/launch-dask-wordcount.pbs
   [ "$status" -eq 0 ]
-  run qsub -l select=3:ncpus=2:mem=4gb -l walltime=00:30:00 -v INTERFACE=lo scripts/launch-dask-cluster-path.pbs
+  run qsub -l select=3:ncpus=2:mem=4gb -l walltime=00:30:00 scripts/launch-dask-cluster-path.pbs
   [ "$status" -eq 0 ]
   jobid=$output
   run python3 helpers/dashboard_url.py --wait 120
@@ -49,5 +51,37 @@ load test_helper
   done
   run qstat -x -f "$jobid"
   [[ $output == *"Exit_status = 0"* ]]
+  assert_no_job_processes
+}
+
+@test "every connect line the templates' headers and the README show works as written" {
+  kit_copy
+  submit_background launch-dask-cluster-path.pbs -l select=2:ncpus=1:mem=1gb -l walltime=00:05:00 \
+    -v "DASK_PBS_KIT=$BATS_TEST_TMPDIR"
+  jobid=$(background_job_id)
+  run wait_ready
+  [ "$status" -eq 0 ]
+  local -a lines_seen=()
+  local template line
+  for template in scripts/*.pbs; do
+    line=$(sed -n 's/^#   \(.*connect(.*\)$/\1/p' "$template")
+    [[ $template == *wordcount* ]] && continue  # production: PROGRAM needs no line
+    [ -n "$line" ]
+    lines_seen+=("$line")
+  done
+  while IFS= read -r line; do
+    lines_seen+=("$line")
+  done < <(grep -E '^(import|from) .*connect\(' "$KIT/README.md")
+  lines_seen+=("$(sed -n 's/^  connect:   //p' "dask-logs/$jobid/cluster-info.txt")")
+  [ "${#lines_seen[@]}" -ge 5 ]
+  for line in "${lines_seen[@]}"; do
+    echo "line: $line"
+    run .venv/bin/python -c "$line
+print('ran', client.submit(sum, [1, 2]).result())"
+    echo "$output"
+    [ "$output" = "ran 3" ]
+  done
+  qdel "$jobid"
+  wait "$JOB_QSUB_PID"
   assert_no_job_processes
 }

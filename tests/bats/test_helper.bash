@@ -25,16 +25,9 @@ teardown() {
   fi
 }
 
-# PIDs of every live process started by this test's fake PBS (they carry FAKEPBS_HOME).
+# PIDs of every live process started by this test's fake PBS (the fake's own list).
 job_processes() {
-  local dir pid
-  for dir in /proc/[0-9]*; do
-    pid=${dir#/proc/}
-    [[ $pid == "$$" ]] && continue
-    if grep -qzxF "FAKEPBS_HOME=$FAKEPBS_HOME" "/proc/$pid/environ" 2>/dev/null; then
-      grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null || echo "$pid"
-    fi
-  done
+  "$PY" "$KIT/tests/fakepbs/fakepbs.py" _processes
 }
 
 # Fail if any process of this test's jobs still runs.
@@ -48,9 +41,10 @@ assert_no_job_processes() {
   fi
 }
 
-# The -v list every test passes: where the kit and its Python are, loopback networking.
+# The -v list every test passes: where the kit and its Python are (INTERFACE keeps its
+# default, auto: every fake node is this machine, whose name resolves to loopback).
 kit_vars() {
-  echo "DASK_PBS_KIT=$KIT,PYTHON_PREFIX=$KIT/.venv,INTERFACE=lo,READY_TIMEOUT=60"
+  echo "DASK_PBS_KIT=$KIT,PYTHON_PREFIX=$KIT/.venv,READY_TIMEOUT=60"
 }
 
 # Submit a template and wait for it: submit TEMPLATE [qsub options...]; sets $output, $status.
@@ -96,4 +90,15 @@ PYEOF
 # The job's merged output file (templates use -j oe): job_output NAME.
 job_output() {
   cat "$BATS_TEST_TMPDIR/$1".o*
+}
+
+# What the running job has logged so far (PBS copies the output file only at the end):
+# dask-logs/<job>/job.log, for the job started by submit_background.
+job_output_so_far() {
+  cat "$BATS_TEST_TMPDIR/dask-logs/$(background_job_id)/job.log"
+}
+
+# Wait for the job's published scheduler file (the cluster is ready once it exists).
+wait_ready() {
+  "$PY" "$KIT/helpers/dashboard_url.py" --wait 90 scheduler.json
 }

@@ -46,7 +46,8 @@ def qstat_json_in_job(tmp_path, *args: str) -> str:
 
 # ---------------------------------------------------------------- FAKEPBS_QSTAT_JSON
 
-def test_valid_json_prints_numbers_as_numbers(pbs, tmp_path):
+def test_valid_json_prints_numbers_as_numbers(pbs, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKEPBS_MANAGER", "1")  # schedselect is shown to managers only
     text = qstat_json_in_job(tmp_path, "-l", "select=3", "-v", "A=00000,B=007,C=x\\u")
     job = json.loads(text)["Jobs"]["1.fakepbs"]
     assert job["Resource_List"]["select"] == 3
@@ -132,6 +133,7 @@ def test_bin_headers_are_usage_lines():
 
 def test_default_chunk_fills_schedselect_not_select(pbs, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKEPBS_DEFAULT_CHUNK", "mem=2gb:ncpus=1")
+    monkeypatch.setenv("FAKEPBS_MANAGER", "1")
     text = qstat_json_in_job(tmp_path, "-l", "select=2:ncpus=3+1:mem=1gb")
     job = json.loads(text)["Jobs"]["1.fakepbs"]
     assert job["Resource_List"]["select"] == "2:ncpus=3+1:mem=1gb"
@@ -139,6 +141,11 @@ def test_default_chunk_fills_schedselect_not_select(pbs, tmp_path, monkeypatch):
     assert job["exec_vnode"] == ("(node00:ncpus=3:mem=2097152kb)+(node01:ncpus=3:mem=2097152kb)"
                                  "+(node02:mem=1048576kb:ncpus=1)")
     assert job["Resource_List"]["mem"] == "5gb" and job["Resource_List"]["ncpus"] == 7
+
+
+def test_schedselect_is_hidden_from_a_user_who_is_not_a_manager(pbs, tmp_path):
+    job = json.loads(qstat_json_in_job(tmp_path, "-l", "select=2:ncpus=1"))["Jobs"]["1.fakepbs"]
+    assert "schedselect" not in job and job["exec_vnode"] == "(node00:ncpus=1)+(node01:ncpus=1)"
 
 
 # ---------------------------------------------------------------- FAKEPBS_LAUNCH_HOOK
