@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # The kit on the fake PBS's network mode: each node its own namespace with an ib0, as on a
-# cluster. INTERFACE keeps its default (ib0); the client runs here, as on a login node.
+# cluster. INTERFACE keeps its default (auto); the client runs here, as on a login node.
 
 load test_helper
 
@@ -10,7 +10,7 @@ setup_file() {
   fi
 }
 
-# What the -v list of every test here passes: the default interface, ib0.
+# What the -v list of every test here passes: the default interface, auto.
 netns_vars() {
   echo "DASK_PBS_KIT=$KIT,PYTHON_PREFIX=$KIT/.venv,READY_TIMEOUT=60"
 }
@@ -88,7 +88,7 @@ print('on the node', client.run_on_scheduler(fetch))
   assert_no_job_processes
 }
 
-@test "netns: the README's FAKEPBS_NETNS command works as written, with the default INTERFACE=ib0" {
+@test "netns: the README's FAKEPBS_NETNS command works as written, with the default INTERFACE=auto" {
   cp -r "$KIT/scripts" "$KIT/helpers" "$KIT/examples" .
   ln -s "$KIT/.venv" .venv
   mkdir -p tests && ln -s "$KIT/tests/fakepbs" tests/fakepbs
@@ -98,6 +98,74 @@ print('on the node', client.run_on_scheduler(fetch))
   run job_output dask-wordcount
   [[ $output =~ scheduler:\ tls://10\.99\.[0-9]+\.1: ]]
   [[ $output == *"total: "*" words"* ]]
+  [ -z "$(leftover_namespaces)" ]
+  assert_no_job_processes
+}
+
+# Start an interactive job in netns mode with INTERFACE=auto; wait until it is ready.
+auto_cluster() {
+  export FAKEPBS_NETNS=1
+  qsub -W block=true -v "$(netns_vars)" -l select=3:ncpus=1:mem=1gb -l walltime=00:03:00 \
+    "$KIT/scripts/launch-dask-cluster-path.pbs" >qsub.out &
+  JOB_QSUB_PID=$!
+  run "$PY" "$KIT/helpers/dashboard_url.py" --wait 90 scheduler.json
+  [ "$status" -eq 0 ]
+  JOBID=$(head -n 1 qsub.out)
+}
+
+# The addresses the cluster's scheduler and workers listen on, one per line.
+cluster_addresses() {
+  with_client '
+print(client.scheduler.address)
+for addr in sorted(client.scheduler_info()["workers"]):
+    print(addr)
+'
+}
+
+@test "netns: INTERFACE=auto takes ib0 beside an unroutable eth9, where the host names resolve" {
+  export FAKEPBS_NETNS_LINKS=ib0,eth9:dark
+  auto_cluster
+  subnet=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["netns"]["subnet"])' "$FAKEPBS_HOME/jobs/1/job.json")
+  run cluster_addresses
+  echo "$output"
+  [[ ${lines[0]} == "tls://$subnet.1:"* ]]
+  [[ ${lines[1]} == "tls://$subnet.2:"* ]]
+  [[ ${lines[2]} == "tls://$subnet.3:"* ]]
+  run cat "dask-logs/$JOBID/cluster-info.txt"
+  [[ $output == *"network:   ib0 on node00, node01, node02 (INTERFACE=auto)"* ]]
+  run cat dask-logs/"$JOBID"/*.iface
+  [ "$(grep -c ' ib0 .* host-name$' <<<"$output")" -eq 3 ]
+  qdel "$JOBID"
+  wait "$JOB_QSUB_PID" || true
+  [ -z "$(leftover_namespaces)" ]
+  assert_no_job_processes
+}
+
+@test "netns: names that resolve nowhere: the scheduler's node prefers ib0, the workers follow the route" {
+  export FAKEPBS_NETNS_LINKS=ib0,eth9:dark FAKEPBS_NETNS_RESOLVE=none
+  auto_cluster
+  run cat dask-logs/"$JOBID"/*.iface
+  echo "$output"
+  [[ $output == *"node00 ib0 "*" ib"* ]]
+  [[ $output == *"node01 ib0 "*" route"* ]]
+  [[ $output == *"node02 ib0 "*" route"* ]]
+  run with_client 'print(len(client.scheduler_info()["workers"]))'
+  [ "$output" = 2 ]
+  qdel "$JOBID"
+  wait "$JOB_QSUB_PID" || true
+  [ -z "$(leftover_namespaces)" ]
+  assert_no_job_processes
+}
+
+@test "netns: a cluster without InfiniBand (NCAR's ext): INTERFACE=auto takes ext, where ib0 would fail" {
+  export FAKEPBS_NETNS_LINKS=ext,eth9:dark FAKEPBS_NETNS_RESOLVE=ext
+  auto_cluster
+  run cat "dask-logs/$JOBID/cluster-info.txt"
+  [[ $output == *"network:   ext on node00, node01, node02 (INTERFACE=auto)"* ]]
+  run with_client 'print(client.submit(sum, [1, 2]).result(), len(client.scheduler_info()["workers"]))'
+  [ "$output" = "3 2" ]
+  qdel "$JOBID"
+  wait "$JOB_QSUB_PID" || true
   [ -z "$(leftover_namespaces)" ]
   assert_no_job_processes
 }
