@@ -118,12 +118,15 @@ def tls(argv: list) -> None:
 
 
 # Commands whose code lives in a module of their own: the module loads only when its
-# command runs (each has `cli(argv: list) -> None`, printing its output and raising KitError).
+# command runs. "module" calls module.cli(argv), "module:name" module.name(argv); each
+# prints its output and raises KitError.
 MODULE_COMMANDS = {
     "wait-ready": "ready",      # wait for the scheduler and every worker (the job runs it)
     "banner": "banner",         # the lines that say where the cluster is and how to reach it
     "interface": "netif",       # INTERFACE=auto: this node's interface for Dask
     "host-memory": "host_memory",  # a worker's --memory-limit on its own host (cgroup, RAM)
+    "jupyter-prepare": "jupyter:prepare_cli",  # JUPYTER=yes: the job's private Jupyter folder
+    "jupyter-wait": "jupyter:wait_cli",        # ... until JupyterLab answers; its banner lines
 }
 
 
@@ -151,7 +154,8 @@ def main(argv=None) -> int:
         elif command in MODULE_COMMANDS:
             import importlib
 
-            importlib.import_module(f".{MODULE_COMMANDS[command]}", __package__).cli(rest)
+            module, _, function = MODULE_COMMANDS[command].partition(":")
+            getattr(importlib.import_module(f".{module}", __package__), function or "cli")(rest)
         else:
             raise KitError(f"unknown command {command!r}\n{__doc__.strip()}", USAGE)
         return 0

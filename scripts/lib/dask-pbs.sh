@@ -10,6 +10,7 @@
 #   4 dpk::start_cluster  the scheduler and each worker chunk, one pbsdsh task each (DPK_T_*)
 #   5 dpk::wait_ready     until every worker has registered, or fail naming what is missing
 #   6 dpk::announce       the banner, then the scheduler file published
+#     dpk::start_jupyter  JUPYTER=yes: JupyterLab beside the scheduler, its lines added
 #   7 dpk::hold | dpk::run_program   the job's work; returns the job's status
 #   8 dpk::teardown       (EXIT trap) the program, the scheduler, the tasks: each SIGTERM,
 #                         a grace period, then SIGKILL
@@ -125,6 +126,8 @@ dpk::check_knobs() {
   TLS=${TLS:-yes}
   EXTRA_SCHEDULER_ARGS=${EXTRA_SCHEDULER_ARGS:-}
   EXTRA_WORKER_ARGS=${EXTRA_WORKER_ARGS:-}
+  JUPYTER=${JUPYTER:-no}
+  JUPYTER_DIR=${JUPYTER_DIR:-$PBS_O_WORKDIR}
   DPK_PYTHON=${DPK_PYTHON:-python3}
 
   local name
@@ -146,6 +149,15 @@ dpk::check_knobs() {
     dpk::die "DASHBOARD=$DASHBOARD must be network (any host that reaches the node), loopback (the node only: use the printed ssh tunnel) or off"
   [[ -z $INTERFACE || $INTERFACE =~ ^[A-Za-z0-9_.:-]+$ ]] ||
     dpk::die "INTERFACE='$INTERFACE' is not an interface name (auto, a name such as ib0 or eth0, or empty for Dask's default)"
+  [[ $JUPYTER == yes || $JUPYTER == no ]] ||
+    dpk::die "JUPYTER=$JUPYTER must be yes (JupyterLab beside the cluster) or no"
+  if [[ $JUPYTER == yes ]]; then
+    [[ $DPK_MODE == interactive ]] ||
+      dpk::die "JUPYTER=yes is for the interactive templates (a production job runs PROGRAM, not a notebook)"
+    [[ -d $JUPYTER_DIR ]] || dpk::die "JUPYTER_DIR=$JUPYTER_DIR is not a folder (JupyterLab's root: set JUPYTER_DIR)"
+    command -v jupyter-lab >/dev/null ||
+      dpk::die "JUPYTER=yes but there is no jupyter-lab in the job's environment ($PATH): install it there with pip install -r requirements/jupyter.txt"
+  fi
   command -v "$DPK_PYTHON" >/dev/null ||
     dpk::die "no $DPK_PYTHON on PATH after the environment set-up ($PATH): fix the environment part of the template"
   command -v pbsdsh >/dev/null ||
@@ -179,9 +191,10 @@ dpk::prepare() {
   DPK_F_INFO=$LOG_DIR/cluster-info.txt
   DPK_F_ERR=$LOG_DIR/helper  # + .plan.err, .tls.err ...: what a helper said, until relayed
   DPK_F_TLS_CONFIG=${SCHEDULER_FILE%.json}.tls.json
+  DPK_F_JUPYTER=${SCHEDULER_FILE%.json}.jupyter.json  # how to reach JupyterLab (JUPYTER=yes)
   # The FIFO of dpk::nap: on this node's own disk (PBS's TMPDIR), not on shared storage.
   DPK_F_NAP=${TMPDIR:-/tmp}/dask-pbs-nap.$PBS_JOBID
-  rm -f "$SCHEDULER_FILE" "$DPK_F_TLS_CONFIG" "$DPK_F_JOB_SCHEDULER" "$DPK_F_ROLL" \
+  rm -f "$SCHEDULER_FILE" "$DPK_F_TLS_CONFIG" "$DPK_F_JUPYTER" "$DPK_F_JOB_SCHEDULER" "$DPK_F_ROLL" \
     "$DPK_F_CLOSED" "$DPK_F_DIED" "$LOG_DIR"/*.iface "$DPK_F_NAP" "$LOG_DIR/job.log"
   DPK_F_LOG=$LOG_DIR/job.log
   mkfifo "$DPK_F_NAP" 2>/dev/null || DPK_F_NAP=""
@@ -378,6 +391,55 @@ dpk::copy_atomic() {
   fi
 }
 
+# JUPYTER=yes (interactive): start JupyterLab on this node, the scheduler's, once the
+# cluster is ready: with the job's environment (its kernels get the client certificate and
+# DASK_SCHEDULER_FILE, so a plain Client(scheduler_file=...) connects), from JUPYTER_DIR,
+# on a free port, bound as the dashboard is, with a token read from a private file (never
+# without one); the Client's dashboard link goes through Jupyter's proxy, so one tunnel
+# reaches both. Wait until it answers, or fail the job with its log's last lines; then add
+# its lines to the banner. Reads: knobs, DPK_F_*, DPK_P_SCHED_NODE. Sets: DPK_JUPYTER_PID,
+# DPK_PUB_JUPYTER (the published description, removed at the end if still ours).
+dpk::start_jupyter() {
+  DPK_JUPYTER_PID=""
+  [[ $JUPYTER == yes ]] || return 0
+  local dir=$LOG_DIR/jupyter log=$LOG_DIR/jupyter.log address port status=0 lines
+  local -a as_root=() loopback=()
+  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" jupyter-prepare "$dir" \
+    --scheduler-file "$DPK_F_JOB_SCHEDULER" --dashboard "$DASHBOARD" >"$dir.where" \
+    2>"$DPK_F_ERR.jupyter.err" || status=$?
+  dpk::relay "$DPK_F_ERR.jupyter.err"
+  [[ $status -eq 0 ]] || dpk::die "cannot prepare JupyterLab's folder $dir"
+  read -r address port <"$dir.where"
+  rm -f "$dir.where"
+  [[ $DASHBOARD == network ]] || loopback=(--loopback)  # then bound to the node's loopback
+  [[ $(id -u) -eq 0 ]] && as_root=(--allow-root)  # the fake PBS's tests; no site runs jobs as root
+  dpk::log "starting JupyterLab on node $DPK_P_SCHED_NODE (JUPYTER=yes, in $JUPYTER_DIR; log $log)"
+  (
+    cd "$JUPYTER_DIR" || exit 1
+    unset JUPYTER_TOKEN  # the token comes from the file: a kernel can read the environment
+    export JUPYTER_TOKEN_FILE=$dir/token JUPYTER_RUNTIME_DIR=$dir/runtime IPYTHONDIR=$dir/ipython
+    export JUPYTERLAB_WORKSPACES_DIR=$dir/workspaces DASK_SCHEDULER_FILE=$SCHEDULER_FILE
+    # Filled in by distributed with the dashboard's port: a link relative to Jupyter's page.
+    [[ $port == none ]] || export DASK_DISTRIBUTED__DASHBOARD__LINK="/proxy/{port}/status"
+    exec jupyter-lab --no-browser --ip="$address" --port=0 --ServerApp.root_dir="$JUPYTER_DIR" \
+      --LabApp.app_settings_dir="$dir/settings" --NotebookNotary.data_dir="$dir/notary" \
+      --LanguageServerManager.autodetect=False --LabApp.news_url=None "${as_root[@]}"
+  ) >"$log" 2>&1 &
+  DPK_JUPYTER_PID=$!
+  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" jupyter-wait --runtime "$dir/runtime" \
+    --pid "$DPK_JUPYTER_PID" --log "$log" --timeout "$READY_TIMEOUT" --node "$DPK_P_SCHED_NODE" \
+    --login-host "${PBS_O_HOST:-LOGIN_NODE}" --publish "$DPK_F_JUPYTER" "${loopback[@]}" \
+    --dashboard-port "$port" >"$dir/banner" 2>"$DPK_F_ERR.jupyter.err" || status=$?
+  dpk::relay "$DPK_F_ERR.jupyter.err"
+  [[ $status -eq 0 ]] || dpk::die "JupyterLab did not start (JUPYTER=yes): the job ends (see $log)"
+  dpk::read_file DPK_PUB_JUPYTER "$DPK_F_JUPYTER"
+  dpk::read_file lines "$dir/banner"
+  rm -f "$dir/banner"
+  printf '%s' "$lines" >>"$DPK_F_INFO"
+  printf '%s' "$lines" >>"$DPK_F_LOG"
+  printf '%s' "$lines"
+}
+
 # ------------------------------------------------------------------ 7 the job's work
 
 # True while the scheduler runs: its process on this node (the mother superior) is alive
@@ -394,8 +456,9 @@ dpk::scheduler_alive() {
   fi
 }
 
-# Interactive mode: hold the cluster until the walltime less WALLTIME_MARGIN, or until the
-# scheduler ends (a client called shutdown()). Reads: DPK_P_WALLTIME_*, DPK_F_CLOSED.
+# Interactive mode: hold the cluster until the walltime less WALLTIME_MARGIN, until the
+# scheduler ends (a client called shutdown()) or until JupyterLab does (its File > Shut
+# Down). Reads: DPK_P_WALLTIME_*, DPK_F_CLOSED, DPK_JUPYTER_PID.
 # Returns: 0, or 1 if the scheduler died.
 dpk::hold() {
   local hold=-1 end
@@ -415,6 +478,10 @@ dpk::hold() {
   while dpk::scheduler_alive; do
     if [[ $hold -ge 0 && $SECONDS -ge $end ]]; then
       dpk::log "walltime nearly over: shutting the cluster down"
+      return 0
+    fi
+    if [[ -n ${DPK_JUPYTER_PID:-} ]] && ! dpk::alive "$DPK_JUPYTER_PID"; then
+      dpk::log "JupyterLab has ended (File > Shut Down): ending the job"
       return 0
     fi
     dpk::nap 1
@@ -496,6 +563,7 @@ dpk::teardown() {
     wait "$pid" 2>/dev/null  # a signal came while the job was being prepared
   done
   dpk::stop_program "$half"
+  dpk::stop_jupyter "$half"
   dpk::stop_watcher
   if [[ ${#DPK_T_PID[@]} -gt 0 ]]; then
     dpk::stop_scheduler "$end"
@@ -503,6 +571,7 @@ dpk::teardown() {
     [[ -e $DPK_F_CLOSED ]] || dpk::stop_tasks "$end"
   fi
   [[ -n ${DPK_TLS_DIR:-} ]] && rm -rf "$DPK_TLS_DIR"
+  [[ ${JUPYTER:-no} == yes ]] && rm -rf "$LOG_DIR/jupyter"  # its token and runtime files
   [[ -n ${DPK_F_NAP:-} ]] && rm -f "$DPK_F_NAP"
   dpk::now_us now
   if [[ -n ${DPK_PROGRAM_END_US:-} ]]; then
@@ -531,6 +600,16 @@ dpk::stop_program() {
   dpk::wait_gone "$DPK_PROGRAM_PID" "$1" && return 0
   dpk::warn "the program did not stop within STOP_TIMEOUT/2 after SIGTERM: killing it"
   kill -KILL "$DPK_PROGRAM_PID" 2>/dev/null
+}
+
+# JupyterLab (JUPYTER=yes), if it still runs: SIGTERM (it stops its kernels and exits
+# within a second or two), until $1, then SIGKILL.
+dpk::stop_jupyter() {
+  [[ -n ${DPK_JUPYTER_PID:-} ]] && dpk::alive "$DPK_JUPYTER_PID" || return 0
+  kill -TERM "$DPK_JUPYTER_PID" 2>/dev/null
+  dpk::wait_gone "$DPK_JUPYTER_PID" "$1" && return 0
+  dpk::warn "JupyterLab did not stop within STOP_TIMEOUT/2 after SIGTERM: killing it"
+  kill -KILL "$DPK_JUPYTER_PID" 2>/dev/null
 }
 
 # The scheduler (task 0, on this node): SIGTERM, then wait until it says it closed or its
@@ -599,6 +678,7 @@ dpk::signal_task() {
 dpk::unpublish() {
   dpk::remove_if_ours "$SCHEDULER_FILE" "${DPK_PUB_SCHEDULER:-}"
   dpk::remove_if_ours "${DPK_F_TLS_CONFIG:-}" "${DPK_PUB_TLS:-}"
+  dpk::remove_if_ours "${DPK_F_JUPYTER:-}" "${DPK_PUB_JUPYTER:-}"
 }
 
 # Remove file $1 if its content is still $2 (and our temporary copy in any case).
@@ -631,7 +711,7 @@ dpk::main() {
   [[ $DPK_MODE == interactive || $DPK_MODE == production ]] ||
     dpk::die "dpk::main needs interactive or production, not '$DPK_MODE'"
   dpk::now_us DPK_STARTED_US
-  DPK_T_PID=() DPK_HELPER_PIDS=()
+  DPK_T_PID=() DPK_HELPER_PIDS=() DPK_JUPYTER_PID=""
   trap 'dpk::on_signal TERM' TERM
   trap 'dpk::on_signal INT' INT
   trap 'dpk::on_signal HUP' HUP
@@ -642,6 +722,7 @@ dpk::main() {
   dpk::start_cluster
   dpk::wait_ready
   dpk::announce
+  dpk::start_jupyter
   local status=0
   if [[ $DPK_MODE == production ]]; then
     dpk::run_program || status=$?
