@@ -1,5 +1,5 @@
-"""What the job booked: its chunks in order, each chunk's host, ncpus, mem and first
-line in $PBS_NODEFILE, and its walltime.
+"""What the job booked: its chunks in order, each chunk's host, ncpus, ngpus, mem and
+first line in $PBS_NODEFILE, and its walltime.
 
 Where the kit learns the job's chunks, first source first:
   1. `qstat -f -F json $PBS_JOBID`, read as JSON;
@@ -9,11 +9,11 @@ Where the kit learns the job's chunks, first source first:
      fails;
   4. in what qstat tells: the chunks of schedselect (the select statement with the
      default_chunk resources filled in; PBS shows it to managers only), else of
-     Resource_List.select; what each chunk got (its host, ncpus and mem, default_chunk
-     included) from exec_vnode, else its host and ncpus from exec_host;
+     Resource_List.select; what each chunk got (its host, ncpus, ngpus and mem,
+     default_chunk included) from exec_vnode, else its host and ncpus from exec_host;
   5. last, $PBS_NODEFILE and $NCPUS alone: one chunk per run of identical node-file
-     lines, each with chunk 0's ncpus and no mem (each worker then divides its host's
-     memory limit), with a warning.
+     lines, each with chunk 0's ncpus, no GPUs and no mem (each worker then divides its
+     host's memory limit), with a warning.
 A chunk's first node-file line (for `pbsdsh -n LINE`) comes from its mpiprocs (one line
 each, in chunk order) when they add up to the node file's length; else from the NASA NAS
 rule (mpiprocs = ncpus for a chunk that names neither mpiprocs nor ompthreads) when that
@@ -66,19 +66,21 @@ class Record:
 class Chunk(Record):
     """One chunk of the job: what it asked for, what it got and where it sits.
 
-    mem: bytes, None when no source tells; mpiprocs / nas_mpiprocs: its node-file lines by
-    PBS's rule and by NASA NAS builds'; resources: as the select statement names them;
-    host: from exec_vnode / exec_host; first_line: 0-based line of $PBS_NODEFILE (-1:
-    none); node: that line, the host as the node file names it."""
+    mem: bytes, None when no source tells; ngpus: its GPUs (0: none); mpiprocs /
+    nas_mpiprocs: its node-file lines by PBS's rule and by NASA NAS builds'; resources: as
+    the select statement names them; host: from exec_vnode / exec_host; first_line:
+    0-based line of $PBS_NODEFILE (-1: none); node: that line, the host as the node file
+    names it."""
 
     __slots__ = ("index", "ncpus", "mem", "mpiprocs", "nas_mpiprocs", "resources", "host",
-                 "first_line", "node")
+                 "first_line", "node", "ngpus")
 
     def __init__(self, index: int, ncpus: int, mem: Optional[int], mpiprocs: int = 1,
-                 nas_mpiprocs: int = 1, resources: Optional[dict] = None) -> None:
+                 nas_mpiprocs: int = 1, resources: Optional[dict] = None, ngpus: int = 0) -> None:
         self.index, self.ncpus, self.mem = index, ncpus, mem
         self.mpiprocs, self.nas_mpiprocs = mpiprocs, nas_mpiprocs
         self.resources = resources if resources is not None else {}
+        self.ngpus = ngpus
         self.host: Optional[str] = None
         self.first_line = -1
         self.node = ""
@@ -150,9 +152,11 @@ def vnode_host(vnode: str) -> str:
 
 
 def parse_select(text) -> List[Chunk]:
-    """Chunks of 'N:ncpus=C:mem=M:mpiprocs=P+...' in order; accepts 3 (JSON's select=3).
+    """Chunks of 'N:ncpus=C:ngpus=G:mem=M:mpiprocs=P+...' in order; accepts 3 (JSON's
+    select=3).
 
-    ncpus is 1 when not given; mpiprocs 1 when ncpus > 0, else 0 (src/resmom/start_exec.c).
+    ncpus is 1 when not given; mpiprocs 1 when ncpus > 0, else 0 (src/resmom/start_exec.c);
+    ngpus 0 when not given.
     """
     if isinstance(text, bool) or not isinstance(text, (str, int)):
         raise KitError(f"select statement {text!r} is not text", BAD_VALUE)
@@ -179,14 +183,22 @@ def parse_select(text) -> List[Chunk]:
             mpiprocs = _int(res["mpiprocs"], f"select statement {text!r}: mpiprocs")
         nas = ncpus if ("mpiprocs" not in res and "ompthreads" not in res and ncpus > 0) else mpiprocs
         mem = parse_size(res["mem"]) if "mem" in res else None
+        ngpus = _int(res.get("ngpus", "0"), f"select statement {text!r}: ngpus")
         for _ in range(count):
-            chunks.append(Chunk(len(chunks), ncpus, mem, mpiprocs, nas, dict(res)))
+            chunks.append(Chunk(len(chunks), ncpus, mem, mpiprocs, nas, dict(res), ngpus))
     return chunks
 
 
 def parse_exec_vnode(text) -> List[Tuple[str, Optional[int], Optional[int]]]:
     """(host, ncpus, mem) per chunk of an exec_vnode; ncpus and mem summed over the
     chunk's vnodes, None when none names them."""
+    return [(host, ncpus, mem) for host, ncpus, mem, _ in exec_vnode_chunks(text)]
+
+
+def exec_vnode_chunks(text) -> List[Tuple[str, Optional[int], Optional[int], Optional[int]]]:
+    """(host, ncpus, mem, ngpus) per chunk of an exec_vnode; each summed over the chunk's
+    vnodes (a GPU node's vnodes often hold 2 GPUs each: n1[0]:ngpus=2+n1[1]:ngpus=2), None
+    when none names it."""
     if not isinstance(text, str) or not text.strip():
         raise KitError(f"exec_vnode {text!r} is not text", BAD_VALUE)
     text = text.strip()
@@ -198,7 +210,7 @@ def parse_exec_vnode(text) -> List[Tuple[str, Optional[int], Optional[int]]]:
         groups = text.split("+")  # qrun -H: one chunk per vnode
     chunks = []
     for group in groups:
-        host, ncpus, mem = None, None, None
+        host, ncpus, mem, ngpus = None, None, None, None
         for part in group.split("+"):
             fields = part.split(":")
             name = fields[0].strip()
@@ -214,7 +226,9 @@ def parse_exec_vnode(text) -> List[Tuple[str, Optional[int], Optional[int]]]:
                     ncpus = (ncpus or 0) + _int(value, "exec_vnode ncpus")
                 elif key == "mem":
                     mem = (mem or 0) + parse_size(value.strip())
-        chunks.append((host, ncpus, mem))
+                elif key == "ngpus":
+                    ngpus = (ngpus or 0) + _int(value, "exec_vnode ngpus")
+        chunks.append((host, ncpus, mem, ngpus))
     return chunks
 
 
@@ -383,7 +397,7 @@ def _fill_from_exec(chunks: List[Chunk], attrs: Mapping, warnings: List[str]) ->
     if exec_vnode is not None:
         groups = None
         try:
-            groups = parse_exec_vnode(exec_vnode)
+            groups = exec_vnode_chunks(exec_vnode)
         except KitError as exc:
             warnings.append(f"cannot read exec_vnode ({exc})")
         if groups is not None and len(groups) != len(chunks):
@@ -391,7 +405,7 @@ def _fill_from_exec(chunks: List[Chunk], attrs: Mapping, warnings: List[str]) ->
                             f"{len(chunks)}: exec_vnode not used")
             groups = None
         if groups is not None:
-            for chunk, (host, ncpus, mem) in zip(chunks, groups):
+            for chunk, (host, ncpus, mem, ngpus) in zip(chunks, groups):
                 # exec_host names the chunk's natural vnode, its MoM's host: better
                 # than a vnode name whose host is not in it.
                 chunk.host = hosts[chunk.index][0] if hosts else host
@@ -399,6 +413,8 @@ def _fill_from_exec(chunks: List[Chunk], attrs: Mapping, warnings: List[str]) ->
                     chunk.ncpus = ncpus
                 if mem is not None:
                     chunk.mem = mem
+                if ngpus is not None:
+                    chunk.ngpus = ngpus
             how.append("what each got from exec_vnode")
             return how
     if hosts is not None:
@@ -458,6 +474,11 @@ def read_job(environ: Mapping[str, str], qstat: Tuple[Optional[dict], str],
     if not lines:
         raise KitError(f"$PBS_NODEFILE {environ.get('PBS_NODEFILE')!r} is empty: is this a PBS job?")
     chunks, how, warnings = job_chunks(lines, attrs, source, environ.get("NCPUS"))
+    visible = environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if how == NODEFILE_SOURCE and visible:
+        warnings.append(
+            f"this node has GPUs (CUDA_VISIBLE_DEVICES={visible}) but the node file does not "
+            "tell which chunks asked for ngpus: every chunk runs CPU workers")
     now = time.time() if now is None else now
     walltime, more = job_walltime(attrs, walltime_knob, now if started is None else started, now)
     return Job(chunks, how, walltime, warnings + more)

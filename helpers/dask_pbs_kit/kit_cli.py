@@ -29,6 +29,11 @@ one tab-separated line each:
   walltime   LIMIT_S  LEFT_S  SOURCE       (-1 -1 none when unknown; pbs, WALLTIME or none)
   scheduler  CHUNK  LINE  NODE  HOST_PROCS
   worker     CHUNK  LINE  NODE  NWORKERS  NTHREADS  MEMORY  HOST_PROCS  HOST_RESERVE_PPM  HOST_RESERVE_BYTES
+  gpu-worker CHUNK  LINE  NODE  1  NTHREADS  MEMORY  HOST_PROCS  HOST_RESERVE_PPM  HOST_RESERVE_BYTES  GPU  CHUNK_GPUS  HOST_GPU  HOST_GPUS
+A CPU chunk has one worker line (NWORKERS processes); a chunk with ngpus=G has G
+gpu-worker lines, GPU 0..G-1, each one process that must see only entry HOST_GPU
+(0-based) of its host's HOST_GPUS devices (kit.py gpu tells which on the host).
+NTHREADS divides the chunk's ncpus among its processes unless --nthreads is given.
 MEMORY is each worker's --memory-limit in bytes, or auto when no source tells the chunk's
 mem (the task then divides its host's memory limit by HOST_PROCS, less the reserve).
 --walltime (WALLTIME) stands in when PBS does not tell the walltime; --started is the job
@@ -125,6 +130,7 @@ MODULE_COMMANDS = {
     "banner": "banner",         # the lines that say where the cluster is and how to reach it
     "interface": "netif",       # INTERFACE=auto: this node's interface for Dask
     "host-memory": "host_memory",  # a worker's --memory-limit on its own host (cgroup, RAM)
+    "gpu": "gpus",              # a GPU worker's device on its host, and its worker command
     "jupyter-prepare": "jupyter:prepare_cli",  # JUPYTER=yes: the job's private Jupyter folder
     "jupyter-wait": "jupyter:wait_cli",        # ... until JupyterLab answers; its banner lines
 }
