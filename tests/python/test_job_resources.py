@@ -175,6 +175,55 @@ def test_an_exec_vnode_that_does_not_parse_is_left_out_with_a_warning(tmp_path):
     assert any("cannot read exec_vnode" in w for w in job.warnings)
 
 
+# ------------------------------------------------------------------ GPUs
+
+
+def test_ngpus_from_the_select_statement_zero_when_not_given():
+    chunks = jr.parse_select("1:ncpus=2+2:ncpus=8:ngpus=4:mem=16gb")
+    assert [(c.ncpus, c.ngpus) for c in chunks] == [(2, 0), (8, 4), (8, 4)]
+    with pytest.raises(KitError, match="ngpus must be a whole number, not 'x'") as err:
+        jr.parse_select("1:ncpus=2:ngpus=x")
+    assert err.value.code == BAD_VALUE
+
+
+def test_exec_vnode_sums_ngpus_over_a_chunks_vnodes():
+    # A GPU node as sites describe it: one vnode per socket, two GPUs each.
+    text = ("(g1[0]:ncpus=4:ngpus=2:mem=8gb+g1[1]:ncpus=4:ngpus=2:mem=8gb)"
+            "+(n2:ncpus=2:mem=2gb)")
+    assert jr.exec_vnode_chunks(text) == [("g1", 8, 16 * GiB, 4), ("n2", 2, 2 * GiB, None)]
+    assert jr.parse_exec_vnode(text) == [("g1", 8, 16 * GiB), ("n2", 2, 2 * GiB)]  # as before
+    with pytest.raises(KitError, match="exec_vnode ngpus"):
+        jr.exec_vnode_chunks("(g1:ncpus=4:ngpus=two)")
+
+
+def test_a_mixed_job_each_chunk_with_what_exec_vnode_says_it_got(tmp_path):
+    # The user wrote ngpus only in the select; a default_chunk could add it: exec_vnode wins.
+    attrs = {"Resource_List": {"select": "1:ncpus=2+2:ncpus=8:ngpus=4"},
+             "exec_host": "n0/0*2+g1/0*8+g2/0*8",
+             "exec_vnode": "(n0:ncpus=2)+(g1[0]:ncpus=4:ngpus=2+g1[1]:ncpus=4:ngpus=2)"
+                           "+(g2:ncpus=8:ngpus=4)"}
+    job = job_of(tmp_path, ["n0", "g1", "g2"], attrs)
+    assert [(c.node, c.ncpus, c.ngpus) for c in job.chunks] == [("n0", 2, 0), ("g1", 8, 4), ("g2", 8, 4)]
+    attrs["exec_vnode"] = "(n0:ncpus=2:ngpus=1)+(g1:ncpus=8:ngpus=2)+(g2:ncpus=8)"
+    job = job_of(tmp_path, ["n0", "g1", "g2"], attrs)
+    assert [c.ngpus for c in job.chunks] == [1, 2, 4]  # g2: exec_vnode names none, select's stays
+    # exec_host alone (no exec_vnode): the select's ngpus.
+    del attrs["exec_vnode"]
+    assert [c.ngpus for c in job_of(tmp_path, ["n0", "g1", "g2"], attrs).chunks] == [0, 4, 4]
+
+
+def test_the_node_file_fallback_knows_no_gpus_and_says_so_when_this_node_has_some(tmp_path):
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("g0\ng1\n")
+    env = {"PBS_NODEFILE": str(nodefile), "NCPUS": "8", "CUDA_VISIBLE_DEVICES": "GPU-a,GPU-b"}
+    job = jr.read_job(env, (None, "no qstat on PATH"), "10", 0, 0)
+    assert [c.ngpus for c in job.chunks] == [0, 0]
+    assert any(w.startswith("this node has GPUs (CUDA_VISIBLE_DEVICES=GPU-a,GPU-b) but the node "
+                            "file does not tell") for w in job.warnings)
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    assert not any("GPUs" in w for w in jr.read_job(env, (None, "x"), "10", 0, 0).warnings)
+
+
 def test_no_node_file_says_to_use_qsub(tmp_path):
     with pytest.raises(KitError, match="submit with qsub"):
         jr.read_job({}, (None, "x"))
@@ -185,7 +234,8 @@ def test_no_node_file_says_to_use_qsub(tmp_path):
 garbage = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30),
               st.sampled_from(["(n0:ncpus=2)", "(n0:ncpus=2)+(n1:mem=1gb)", "n0/0*2", "2:ncpus=2",
-                               "01:00:00", "(", "n0/x", "3", "1:mem=-1gb"])),
+                               "01:00:00", "(", "n0/x", "3", "1:mem=-1gb", "2:ncpus=2:ngpus=2",
+                               "(n0:ncpus=2:ngpus=2)+(n1:ngpus=x)", "1:ngpus=-1"])),
     lambda inner: st.one_of(st.lists(inner, max_size=3),
                             st.dictionaries(st.sampled_from(["select", "walltime", "mem", "x"]), inner,
                                             max_size=3)),

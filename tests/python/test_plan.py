@@ -19,10 +19,18 @@ GiB = 1024**3
 MiB = 1024**2
 
 
-def chunk(index, ncpus, mem_gb, line, node):
-    c = Chunk(index, ncpus, None if mem_gb is None else int(mem_gb * GiB))
+def chunk(index, ncpus, mem_gb, line, node, ngpus=0):
+    c = Chunk(index, ncpus, None if mem_gb is None else int(mem_gb * GiB), ngpus=ngpus)
     c.first_line, c.node, c.host = line, node, node
     return c
+
+
+def gpu_rows(chunk_index, line, node, threads, memory, host_procs, gpus, host_start=0,
+             host_gpus=None, reserve=("100000", "0")):
+    """The gpu-worker lines of one GPU chunk, split."""
+    return [["gpu-worker", str(chunk_index), str(line), node, "1", str(threads), str(memory),
+             str(host_procs), *reserve, str(g), str(gpus), str(host_start + g),
+             str(host_gpus or host_start + gpus)] for g in range(gpus)]
 
 
 def job(*chunks, walltime=Walltime(3600, 3000, "pbs")):
@@ -127,6 +135,126 @@ def test_a_chunk_without_a_line_gets_no_workers_with_a_warning():
     plan = make_plan(job(chunk(0, 1, 1, 0, "a"), chunk(1, 4, 4, 1, "b"), lineless), Settings())
     assert [r[1] for r in rows(plan)[3:]] == ["1"]
     assert "chunk 2 has no line" in plan.warnings[0]
+
+
+# ------------------------------------------------------------------ GPU chunks
+
+
+def test_two_gpu_chunks_under_auto_give_one_worker_per_gpu_eight_in_all():
+    # select=2:ncpus=8:ngpus=4:mem=16gb: chunk 0 keeps a core for the scheduler (7 left for
+    # 4 GPU workers: 1 thread each) and shares its mem with it; chunk 1: 2 threads each.
+    plan = make_plan(job(chunk(0, 8, 16, 0, "n0", ngpus=4), chunk(1, 8, 16, 1, "n1", ngpus=4)),
+                     Settings(nworkers=3, worker_on_scheduler_chunk="auto"))
+    assert rows(plan)[2] == ["scheduler", "0", "0", "n0", "5"]
+    assert rows(plan)[3:] == (gpu_rows(0, 0, "n0", 1, per(16, 5), 5, 4)
+                              + gpu_rows(1, 1, "n1", 2, per(16, 4), 4, 4))
+    assert plan.warnings == []
+    # Each worker gets its own entry of its own host's device list.
+    assert {(r[3], r[12]) for r in rows(plan)[3:]} == {(n, str(g)) for n in ("n0", "n1") for g in range(4)}
+
+
+def test_a_mixed_select_keeps_cpu_chunks_cpu_workers_with_nworkers():
+    # select=1:ncpus=2+2:ncpus=8:ngpus=4, no mem anywhere.
+    chunks = [chunk(0, 2, None, 0, "n0"), chunk(1, 8, None, 1, "g1", ngpus=4),
+              chunk(2, 8, None, 2, "g2", ngpus=4)]
+    plan = make_plan(job(*chunks), Settings(nworkers=2))
+    assert rows(plan)[2] == ["scheduler", "0", "0", "n0", "1"]
+    assert rows(plan)[3:] == gpu_rows(1, 1, "g1", 2, "auto", 4, 4) + gpu_rows(2, 2, "g2", 2, "auto", 4, 4)
+    # auto: chunk 0 (2 cores) runs NWORKERS CPU workers on the core the scheduler leaves.
+    plan = make_plan(job(*chunks), Settings(nworkers=2, worker_on_scheduler_chunk="auto"))
+    assert rows(plan)[2] == ["scheduler", "0", "0", "n0", "3"]
+    assert rows(plan)[3] == ["worker", "0", "0", "n0", "2", "1", "auto", "3", "100000", "0"]
+    assert rows(plan)[4:] == gpu_rows(1, 1, "g1", 2, "auto", 4, 4) + gpu_rows(2, 2, "g2", 2, "auto", 4, 4)
+    assert sum(int(r[4]) for r in rows(plan)[3:]) == 10  # worker processes in all
+
+
+def test_chunk_0s_gpus_under_auto_need_two_cores_and_a_warning_says_when_they_idle():
+    chunks = [chunk(0, 1, 8, 0, "g0", ngpus=2), chunk(1, 4, 8, 1, "n1")]
+    plan = make_plan(job(*chunks), Settings(worker_on_scheduler_chunk="auto"))
+    assert [r[:2] for r in rows(plan)[3:]] == [["worker", "1"]]
+    assert plan.warnings == [
+        "chunk 0's 2 GPUs run no worker: it has 1 core, kept for the scheduler "
+        "(WORKER_ON_SCHEDULER_CHUNK=auto needs 2 or more); WORKER_ON_SCHEDULER_CHUNK=yes runs "
+        "one per GPU there"]
+    plan = make_plan(job(*chunks), Settings(worker_on_scheduler_chunk="no"))
+    assert plan.warnings[0].startswith("chunk 0's 2 GPUs run no worker: WORKER_ON_SCHEDULER_CHUNK=no;")
+    # yes: one GPU worker per GPU beside the scheduler, on its one core.
+    plan = make_plan(job(*chunks), Settings(worker_on_scheduler_chunk="yes"))
+    assert rows(plan)[3:5] == gpu_rows(0, 0, "g0", 1, per(8, 3), 3, 2)
+    assert plan.warnings == []
+
+
+def test_a_one_core_chunk_0_without_gpus_under_auto_runs_no_worker_and_no_warning():
+    plan = make_plan(job(chunk(0, 1, 4, 0, "n0"), chunk(1, 8, 16, 1, "g1", ngpus=2)),
+                     Settings(worker_on_scheduler_chunk="auto"))
+    assert rows(plan)[2] == ["scheduler", "0", "0", "n0", "1"]
+    assert rows(plan)[3:] == gpu_rows(1, 1, "g1", 4, per(16, 2), 2, 2)
+    assert plan.warnings == []
+
+
+def test_chunks_sharing_a_host_share_its_device_list_in_chunk_order():
+    # place=pack: every chunk on g0, whose CUDA_VISIBLE_DEVICES lists the job's 5 GPUs there.
+    # Chunk 0's 2 GPUs (no worker: WORKER_ON_SCHEDULER_CHUNK=no) still come first.
+    chunks = [chunk(0, 2, 4, 0, "g0", ngpus=2), chunk(1, 4, 8, 1, "g0", ngpus=2),
+              chunk(2, 2, 4, 2, "g0", ngpus=1), chunk(3, 2, 4, 3, "g0")]
+    plan = make_plan(job(*chunks), Settings(nworkers=2, reserve="12.5%"))
+    host = ("125000", "0")
+    assert rows(plan)[2] == ["scheduler", "0", "0", "g0", "6"]  # 1 + 2 + 1 + 2
+    assert rows(plan)[3:] == (
+        gpu_rows(1, 1, "g0", 2, memory_per_process(8 * GiB, 2, "12.5%"), 6, 2, 2, 5, host)
+        + gpu_rows(2, 2, "g0", 2, memory_per_process(4 * GiB, 1, "12.5%"), 6, 1, 4, 5, host)
+        + [["worker", "3", "3", "g0", "2", "1", str(memory_per_process(4 * GiB, 2, "12.5%")), "6",
+            *host]])
+
+
+def test_gpu_workers_keep_an_explicit_nthreads_and_need_256_mib_each():
+    plan = make_plan(job(chunk(0, 1, 1, 0, "n0"), chunk(1, 8, 16, 1, "g1", ngpus=4)),
+                     Settings(nthreads=3))
+    assert {r[5] for r in rows(plan)[3:]} == {"3"}
+    with pytest.raises(KitError, match="below the 256mb") as err:
+        make_plan(job(chunk(0, 1, 1, 0, "n0"), chunk(1, 8, 1, 1, "g1", ngpus=8)), Settings())
+    assert err.value.code == BAD_VALUE
+
+
+def test_gpu_worker_lines_have_14_fields_and_worker_lines_10():
+    plan = make_plan(job(chunk(0, 4, 4, 0, "n0"), chunk(1, 8, 16, 1, "g1", ngpus=1)),
+                     Settings(worker_on_scheduler_chunk="yes"))
+    assert [(r[0], len(r)) for r in rows(plan)[2:]] == [("scheduler", 5), ("worker", 10),
+                                                        ("gpu-worker", 14)]
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 16), st.integers(0, 4), st.sampled_from([None, 2, 64]),
+                          st.sampled_from(["a", "b", "c"])), min_size=1, max_size=6),
+       st.sampled_from(["yes", "no", "auto"]), st.integers(1, 3))
+def test_any_gpu_job_gives_each_gpu_one_worker_with_a_distinct_device_of_its_host(spec, mode, nworkers):
+    chunks = [chunk(i, ncpus, mem, i, host, ngpus) for i, (ncpus, ngpus, mem, host) in enumerate(spec)]
+    try:
+        plan = make_plan(job(*chunks), Settings(nworkers=nworkers, worker_on_scheduler_chunk=mode))
+    except KitError as err:
+        assert err.code == BAD_VALUE
+        return
+    lines = rows(plan)[3:]
+    on_first = mode == "yes" or (mode == "auto" and chunks[0].ncpus >= 2)
+    per_host: dict = {}
+    procs: dict = {chunks[0].node: 1}
+    for c in chunks if on_first else chunks[1:]:
+        mine = [r for r in lines if r[1] == str(c.index)]
+        if c.ngpus:
+            assert [(r[0], r[4], r[10], r[11]) for r in mine] == [
+                ("gpu-worker", "1", str(g), str(c.ngpus)) for g in range(c.ngpus)]
+            per_host.setdefault(c.node, []).extend((int(r[12]), int(r[13])) for r in mine)
+        else:
+            assert [(r[0], r[4]) for r in mine] == [("worker", str(nworkers))]
+        procs[c.node] = procs.get(c.node, 0) + (c.ngpus or nworkers)
+        assert all(int(r[5]) >= 1 for r in mine)
+    for host, entries in per_host.items():
+        devices = [e[0] for e in entries]
+        assert len(set(devices)) == len(devices)  # never two workers on one device
+        assert {e[1] for e in entries} == {sum(c.ngpus for c in chunks if c.node == host)}
+        assert all(d < e[1] for d, e in zip(devices, entries))
+    assert all(r[7] == str(procs[r[3]]) for r in lines)
+    assert rows(plan)[2][4] == str(procs[chunks[0].node])
 
 
 # ------------------------------------------------------------------ kit.py plan
@@ -305,6 +433,48 @@ def test_plan_inside_a_fake_pbs_job_reads_qstat(fakepbs, tmp_path):
                                                ["2", "2", "node02", "2", "1", "1932735283", "2"]]
 
 
+GPU_JSON = r'''{"Jobs":{"43.pbs01":{
+    "exec_host":"n0/0*2+g1/0*8+g2/0*8",
+    "exec_vnode":"(n0:ncpus=2:mem=4194304kb)+(g1[0]:ncpus=4:ngpus=2:mem=16777216kb+g1[1]:ncpus=4:ngpus=2:mem=16777216kb)+(g2:ncpus=8:ngpus=4:mem=33554432kb)",
+    "Resource_List":{"select":"1:ncpus=2:mem=4gb+2:ncpus=8:ngpus=4:mem=32gb","ngpus":8,"walltime":"01:00:00"}}}}
+'''
+
+
+def test_a_mixed_gpu_job_through_main(fake_qstat, monkeypatch, capsys):
+    (fake_qstat / "job.json").write_text(GPU_JSON)
+    (fake_qstat / "nodes").write_text("n0\ng1\ng2\n")
+    monkeypatch.setenv("PBS_JOBID", "43.pbs01")
+    assert kit_cli.main(["plan", "--nworkers", "2", "--worker-on-scheduler-chunk", "auto",
+                         "--started", str(time.time() + 60)]) == 0
+    out = capsys.readouterr()
+    assert out.err == ""
+    assert [line.split("\t") for line in out.out.splitlines()[2:]] == [
+        ["scheduler", "0", "0", "n0", "3"],
+        ["worker", "0", "0", "n0", "2", "1", str(per(4, 3)), "3", "100000", "0"],
+        *gpu_rows(1, 1, "g1", 2, per(32, 4), 4, 4),
+        *gpu_rows(2, 2, "g2", 2, per(32, 4), 4, 4)]
+
+
+def test_the_usage_names_the_gpu_worker_line(capsys):
+    assert kit_cli.main(["plan", "--help"]) == 0
+    assert ("gpu-worker CHUNK  LINE  NODE  1  NTHREADS  MEMORY  HOST_PROCS  HOST_RESERVE_PPM  "
+            "HOST_RESERVE_BYTES  GPU  CHUNK_GPUS  HOST_GPU  HOST_GPUS") in capsys.readouterr().out
+
+
+def test_plan_of_a_gpu_job_inside_the_fake_pbs(fakepbs, tmp_path):
+    (tmp_path / "plan.pbs").write_text(
+        f"#PBS -l select=2:ncpus=8:ngpus=4:mem=8gb\n#PBS -l walltime=00:05:00\n"
+        f"{sys.executable} {KIT}/helpers/kit.py plan --worker-on-scheduler-chunk auto "
+        f"> {tmp_path}/plan.out 2> {tmp_path}/plan.err\n")
+    done = subprocess.run(["qsub", "-W", "block=true", "plan.pbs"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "plan.err").read_text() == ""
+    lines = [line.split("\t") for line in (tmp_path / "plan.out").read_text().splitlines()]
+    assert lines[2] == ["scheduler", "0", "0", "node00", "5"]
+    assert lines[3:] == (gpu_rows(0, 0, "node00", 1, per(8, 5), 5, 4)
+                         + gpu_rows(1, 1, "node01", 2, per(8, 4), 4, 4))
+
+
 def test_when_no_chunk_can_run_workers_the_error_says_why():
     with pytest.raises(KitError, match="no chunk can run workers: chunk 1 has no line"):
         make_plan(job(chunk(0, 1, 1, 0, "a"), chunk(1, 4, 4, -1, "")), Settings())
@@ -339,4 +509,8 @@ def test_any_job_from_garbage_gives_a_plan_or_a_kit_error(tmp_path_factory, attr
     except KitError:
         return
     for line in plan.lines():
-        assert "\n" not in line and line.split("\t")[0] in ("job", "walltime", "scheduler", "worker")
+        fields = line.split("\t")
+        assert "\n" not in line and fields[0] in ("job", "walltime", "scheduler", "worker", "gpu-worker")
+        if fields[0] == "gpu-worker":
+            assert len(fields) == 14 and fields[4] == "1"
+            assert int(fields[10]) < int(fields[11]) and int(fields[12]) < int(fields[13])
