@@ -8,7 +8,7 @@ from . import args, schedfile
 from .errors import USAGE, KitError
 
 USAGE_TEXT = """usage: dashboard_url.py [SCHEDULER_FILE] [--wait SECONDS] [--tunnel [LOGIN_HOST]] [--local-port PORT]
-                        [--loopback [--node NODE]]
+                        [--loopback [--node NODE]] [--workers]
 
 Print the Dask dashboard URL of the scheduler described by SCHEDULER_FILE
 (default: scheduler.json in the current folder).
@@ -20,11 +20,16 @@ Print the Dask dashboard URL of the scheduler described by SCHEDULER_FILE
                         print the node's own URL, and a tunnel that ends on the node,
                         jumping through LOGIN_HOST
   --node NODE           the scheduler's node name for that tunnel (default: its address)
-exit status: 0 ok, 2 usage, 3 no file, 4 incomplete JSON, 5 not a scheduler file,
-             6 no dashboard (bokeh missing)"""
+  --workers             print how many workers the cluster has, and how many of them
+                        came from worker jobs (scripts/launch-dask-workers.pbs), instead:
+                        "6 workers (2 from worker jobs: 2 of job 1235)"; read from the
+                        cluster job's roll (LOG_DIR/workers.txt), else asked of the
+                        scheduler's HTTP server
+exit status: 0 ok, 2 usage, 3 no file (--workers: no roll found, no answer), 4 incomplete
+             JSON, 5 not a scheduler file, 6 no dashboard (bokeh missing)"""
 
 OPTIONS = {"--wait": "value", "--tunnel": "optional", "--local-port": "value",
-           "--loopback": "flag", "--node": "value"}
+           "--loopback": "flag", "--node": "value", "--workers": "flag"}
 
 
 def main(argv=None) -> int:
@@ -37,7 +42,9 @@ def main(argv=None) -> int:
         local = int(args.number(opts.get("--local-port", "0"), "--local-port"))
         info = schedfile.load(path, wait)
         loopback = "--loopback" in opts
-        if "--tunnel" in opts:
+        if "--workers" in opts:
+            print(schedfile.workers_text(schedfile.worker_names(path, info)))
+        elif "--tunnel" in opts:
             login = opts["--tunnel"] or os.environ.get("PBS_O_HOST") or _hostname()
             port = local or schedfile.dashboard_port(info)
             node = opts.get("--node") or schedfile.split_address(info["address"])[1] if loopback else ""
