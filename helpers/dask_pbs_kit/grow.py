@@ -45,8 +45,9 @@ this user may join, and print what the job needs, one NAME VALUE line each:
                  default $PBS_JOBID; absent when neither is known)
 The cluster must answer at its address within SECONDS (default 3): a TCP connection, and
 for TLS a handshake whose certificate comes from the cluster's own CA. --copy-to writes
-the scheduler file as read to FILE (mode 0600, in one rename): a copy that stays when the
-cluster job removes its own.
+the scheduler file as read to FILE (mode 0600, in one rename), and with TLS its client
+configuration beside it (FILE's x.tls.json): copies that stay when the cluster job
+removes its own, for `kit.py retire --scheduler-file FILE` and the workers.
 exit status: 0 joinable; 2 usage; 3 no scheduler file; 4 incomplete JSON; 5 not a scheduler
 file; 12 a file not readable (another user's cluster); 13 the cluster is gone (nothing
 answers at its address, or its scheduler closed); 14 TLS cluster without its client
@@ -159,6 +160,7 @@ def tls_files(scheduler_file: str, config: str = "") -> dict:
                        "file a cluster job published: its x.tls.json is beside it)",
                        NO_TLS_FILES) from None
     # The cluster job keeps ca.pem, cluster.pem/.key and client.pem/.key in one folder.
+    files["raw"] = raw
     files["dir"] = os.path.dirname(files["ca"])
     files["cluster_cert"] = os.path.join(files["dir"], "cluster.pem")
     files["cluster_key"] = os.path.join(files["dir"], "cluster.key")
@@ -255,7 +257,7 @@ def check_cluster(scheduler_file: str, timeout: float = PROBE_TIMEOUT,
     address = info["address"]
     facts = {"address": address, "scheduler_file": os.path.abspath(scheduler_file), "raw": raw,
              "warning": ""}
-    log_dir = schedfile.find_log_dir(scheduler_file, info)
+    log_dir = schedfile.find_log_dir(scheduler_file, info, tls_config)
     tls = None
     if address.startswith("tls://"):
         try:
@@ -265,7 +267,7 @@ def check_cluster(scheduler_file: str, timeout: float = PROBE_TIMEOUT,
             if exc.code == NO_TLS_FILES:
                 probe(address, None, timeout)
             raise
-        facts.update(tls_config=tls["config"], tls_dir=tls["dir"])
+        facts.update(tls_config=tls["config"], tls_dir=tls["dir"], tls_raw=tls["raw"])
     if log_dir:
         marker = closed_marker(log_dir)
         if marker:
@@ -306,6 +308,10 @@ def join_check_cli(argv: list, environ=os.environ) -> None:
     prefix = prefix_for(jobid) if jobid else ""
     facts = check_cluster(operands[0], timeout)
     if "--copy-to" in opts:
+        # The client configuration too, beside the copy as beside the original: `retire
+        # --scheduler-file COPY` finds it, and through it the cluster's log folder.
+        if facts.get("tls_raw"):
+            copy_atomic(facts["tls_raw"], schedfile.tls_config_path(opts["--copy-to"]))
         copy_atomic(facts["raw"], opts["--copy-to"])
     if facts["warning"]:
         import sys
@@ -338,7 +344,9 @@ async def _retire(address: str, security, prefix: str, deadline: float) -> dict:
 
     from distributed import Client
 
-    left = lambda: max(0.1, deadline - time.monotonic())  # noqa: E731
+    if time.monotonic() >= deadline:  # importing distributed took it all
+        raise asyncio.TimeoutError
+    left = lambda: max(0.05, deadline - time.monotonic())  # noqa: E731
     client = await asyncio.wait_for(
         Client(address, security=security, asynchronous=True, timeout=left(),
                set_as_default=False, name="dask-pbs-kit retire"), left())
@@ -428,7 +436,8 @@ def retire_cli(argv: list) -> None:
     timeout = args.number(opts.get("--timeout", str(RETIRE_TIMEOUT_S)), "--timeout")
     started = time.monotonic()
     deadline = started + timeout
-    facts = check_cluster(opts["--scheduler-file"], min(PROBE_TIMEOUT, timeout),
+    # The probe's own timeout: a short --timeout must not make a live cluster look gone.
+    facts = check_cluster(opts["--scheduler-file"], min(PROBE_TIMEOUT, max(timeout, 1.0)),
                           opts.get("--tls-config", ""))
     security = _security(facts["tls"])
     try:

@@ -133,6 +133,8 @@ MODULE_COMMANDS = {
     "gpu": "gpus",              # a GPU worker's device on its host, and its worker command
     "jupyter-prepare": "jupyter:prepare_cli",  # JUPYTER=yes: the job's private Jupyter folder
     "jupyter-wait": "jupyter:wait_cli",        # ... until JupyterLab answers; its banner lines
+    "join-check": "grow:join_check_cli",  # a worker job: may it join that cluster? (NAME VALUE lines)
+    "retire": "grow:retire_cli",          # a worker job's workers leave, their data moved
 }
 
 

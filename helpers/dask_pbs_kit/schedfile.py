@@ -111,18 +111,18 @@ def _is_log_dir(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, ROLL)) or os.path.isfile(os.path.join(folder, "job.log"))
 
 
-def find_log_dir(scheduler_file: str, info: dict) -> str:
+def find_log_dir(scheduler_file: str, info: dict, tls_config: str = "") -> str:
     """The cluster job's LOG_DIR (its roll, logs and certificates), or "" if not found.
 
-    In order: the folder of the job's CA named by the client configuration beside the file
-    (TLS: LOG_DIR/tls/ca.pem); the file's own folder (the job's own copy,
-    LOG_DIR/scheduler.json); the folder in FILE's folder/dask-logs/ (the default LOG_DIR)
-    whose scheduler.json has the same scheduler id."""
+    In order: the folder of the job's CA named by the client configuration (tls_config,
+    default the one beside the file; TLS: LOG_DIR/tls/ca.pem); the file's own folder (the
+    job's own copy, LOG_DIR/scheduler.json); the folder in FILE's folder/dask-logs/ (the
+    default LOG_DIR) whose scheduler.json has the same scheduler id."""
     try:
-        with open(tls_config_path(scheduler_file), encoding="utf-8") as fh:
+        with open(tls_config or tls_config_path(scheduler_file), encoding="utf-8") as fh:
             ca = json.load(fh)["distributed"]["comm"]["tls"]["ca-file"]
         folder = os.path.dirname(os.path.dirname(ca))
-        if isinstance(ca, str) and _is_log_dir(folder):
+        if _is_log_dir(folder):
             return folder
     except (OSError, ValueError, KeyError, TypeError):
         pass
