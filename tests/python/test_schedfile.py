@@ -120,3 +120,88 @@ def test_loopback_dashboard_url_and_tunnel_end_on_the_node(tmp_path, capsys):
         "ssh -N -L 8790:localhost:8790 -J me@login1 node07", "# then open http://localhost:8790/status"]
     assert dashboard_cli.main([path, "--loopback", "--tunnel", "login1"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "ssh -N -L 8790:localhost:8790 -J login1 10.0.0.5"
+
+
+# ------------------------------------------------------------------ --workers: the cluster's count
+
+def test_worker_names_say_which_worker_job_they_come_from():
+    assert schedfile.worker_job_of("job-1235-chunk-1-0") == "1235"
+    assert schedfile.worker_job_of("job-1235_7-chunk-2") == "1235_7"
+    assert schedfile.worker_job_of("chunk-1-0") == ""
+    assert schedfile.worker_job_of("tcp://10.0.0.1:4000") == ""
+    names = ["chunk-1-0", "chunk-1-1", "job-1235-chunk-1-0", "job-1235-chunk-1-1", "job-99-chunk-2", "mine"]
+    assert schedfile.count_workers(names) == (6, {"1235": 2, "99": 1})
+    assert schedfile.workers_text(names) == "6 workers (3 from worker jobs: 1 of job 99, 2 of job 1235)"
+    assert schedfile.workers_text(names[:2]) == "2 workers (none from worker jobs)"
+    assert schedfile.workers_text(["job-5-chunk-1"]) == "1 worker (1 from worker jobs: 1 of job 5)"
+    assert schedfile.workers_text([]) == "0 workers (none from worker jobs)"
+
+
+def cluster_layout(tmp_path, roll, tls=True, sched_id="Scheduler-1"):
+    """A cluster job's files: tmp_path/scheduler.json published, LOG_DIR dask-logs/1.srv."""
+    log_dir = tmp_path / "dask-logs" / "1.srv"
+    (log_dir / "tls").mkdir(parents=True)
+    (log_dir / "workers.txt").write_text("".join(f"{n}\n" for n in roll))
+    info = {"type": "Scheduler", "id": sched_id, "address": "tls://10.0.0.5:8786",
+            "services": {"dashboard": 8787}}
+    (log_dir / "scheduler.json").write_text(json.dumps(info))
+    (tmp_path / "scheduler.json").write_text(json.dumps(info))
+    if tls:
+        (tmp_path / "scheduler.tls.json").write_text(json.dumps({"distributed": {"comm": {"tls": {
+            "ca-file": str(log_dir / "tls" / "ca.pem")}}}}))
+    return str(tmp_path / "scheduler.json"), log_dir
+
+
+def test_the_roll_is_found_through_the_tls_configuration(tmp_path, capsys):
+    path, log_dir = cluster_layout(tmp_path, ["chunk-1", "chunk-2", "job-7-chunk-1-0", "job-7-chunk-1-1"],
+                                   sched_id="not-the-same")
+    (log_dir / "scheduler.json").unlink()
+    assert schedfile.find_log_dir(path, schedfile.load(path)) == str(log_dir)
+    assert dashboard_cli.main([path, "--workers"]) == 0
+    assert capsys.readouterr().out == "4 workers (2 from worker jobs: 2 of job 7)\n"
+
+
+def test_without_tls_the_roll_is_the_one_of_the_same_scheduler_in_dask_logs(tmp_path, capsys):
+    path, log_dir = cluster_layout(tmp_path, ["chunk-1", "job-8-chunk-1"], tls=False)
+    other = tmp_path / "dask-logs" / "0.srv"
+    other.mkdir()
+    (other / "scheduler.json").write_text('{"id": "Scheduler-0", "address": "tcp://1.2.3.4:5"}')
+    (other / "workers.txt").write_text("chunk-1\n")
+    (tmp_path / "dask-logs" / "junk").write_text("not a folder")
+    assert schedfile.find_log_dir(path, schedfile.load(path)) == str(log_dir)
+    assert dashboard_cli.main([path, "--workers"]) == 0
+    assert capsys.readouterr().out == "2 workers (1 from worker jobs: 1 of job 8)\n"
+    # The job's own copy in its LOG_DIR: the roll beside it.
+    assert schedfile.find_log_dir(str(other / "scheduler.json"), {"id": "x"}) == str(other)
+
+
+def test_without_a_roll_the_scheduler_is_asked(real_scheduler_file, capsys):
+    assert schedfile.find_log_dir(str(real_scheduler_file), schedfile.load(str(real_scheduler_file))) == ""
+    assert dashboard_cli.main([str(real_scheduler_file), "--workers"]) == 0
+    assert capsys.readouterr().out == "0 workers (none from worker jobs)\n"
+
+
+def test_without_a_roll_nor_an_answer_the_count_fails_with_status_3(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = write(tmp_path, {"type": "Scheduler", "id": "S", "address": "tcp://127.0.0.1:1",
+                            "services": {"dashboard": port}})
+    assert dashboard_cli.main([path, "--workers"]) == MISSING
+    err = capsys.readouterr().err
+    assert err.startswith("dask-pbs: dashboard_url.py: cannot count the workers: no roll of the cluster "
+                          f"job found beside the scheduler file, and http://127.0.0.1:{port}/json/identity.json "
+                          "did not answer")
+    assert err.count("\n") == 1
+
+
+def test_the_count_from_the_roll_loads_neither_distributed_nor_urllib(tmp_path):
+    path, _ = cluster_layout(tmp_path, ["chunk-1", "job-9-chunk-1"])
+    code = (f"import sys; sys.path.insert(0, {str(KIT / 'helpers')!r}); "
+            "from dask_pbs_kit import dashboard_cli; "
+            f"assert dashboard_cli.main([{path!r}, '--workers']) == 0; "
+            "assert not {'distributed', 'dask', 'urllib.request'} & set(sys.modules), sys.modules.keys()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "2 workers (1 from worker jobs: 1 of job 9)\n", "")
