@@ -339,7 +339,9 @@ def _size(nbytes: int) -> str:
 
 async def _retire(address: str, security, prefix: str, deadline: float) -> dict:
     """Retire the prefix's workers; a report (dict) of what happened. Raises asyncio's
-    TimeoutError at the deadline, OSError when the scheduler goes away."""
+    TimeoutError at the deadline, OSError when the scheduler goes away. A worker of the
+    prefix that registers meanwhile (a job deleted while it starts) is retired in a
+    further round."""
     import asyncio
 
     from distributed import Client
@@ -350,41 +352,48 @@ async def _retire(address: str, security, prefix: str, deadline: float) -> dict:
     client = await asyncio.wait_for(
         Client(address, security=security, asynchronous=True, timeout=left(),
                set_as_default=False, name="dask-pbs-kit retire"), left())
-    try:
+
+    async def named() -> dict:
         ident = await asyncio.wait_for(client.scheduler.identity(n_workers=-1), left())
-        workers = ident.get("workers", {})
-        ours = {addr: str(w.get("name")) for addr, w in workers.items()
-                if str(w.get("name")).startswith(prefix)}
-        report = {"names": sorted(ours.values()), "retired": [], "kept": [], "keys": 0,
-                  "unique": 0, "unique_bytes": 0, "moved": 0, "others": len(workers) - len(ours)}
-        if not ours:
-            return report
-        has_what = await client.scheduler.has_what(workers=list(ours))
-        keys = sorted({k for held in has_what.values() for k in held}, key=str)
-        who_has = await client.scheduler.who_has(keys=keys) if keys else {}
-        unique = [k for k, holders in who_has.items() if holders and set(holders) <= set(ours)]
-        if unique:
-            sizes = await client.scheduler.nbytes(keys=unique, summary=False)
-            report["unique_bytes"] = sum(int(v) for v in sizes.values())
-        report.update(keys=len(keys), unique=len(unique))
-        retired = await asyncio.wait_for(client.scheduler.retire_workers(
-            names=list(ours.values()), close_workers=True, remove=True,
-            stimulus_id=f"dask-pbs-kit-retire-{prefix}{time.time()}"), left())
-        report["retired"] = sorted(ours[a] for a in retired if a in ours)
-        # Removed before retire_workers returned; a worker the scheduler kept (its data had
-        # nowhere to go) is still there, running again.
+        return {addr: str(w.get("name")) for addr, w in (ident.get("workers") or {}).items()}
+
+    report = {"names": [], "retired": [], "kept": [], "keys": 0, "unique": 0,
+              "unique_bytes": 0, "moved": 0, "others": 0}
+    seen: set = set()
+    try:
         while True:
-            ident = await asyncio.wait_for(client.scheduler.identity(n_workers=-1), left())
-            still = sorted(str(w.get("name")) for w in ident.get("workers", {}).values()
-                           if str(w.get("name")).startswith(prefix))
-            if not set(still) & set(report["retired"]):
-                break
-            await asyncio.sleep(POLL)
-        report["kept"] = still
-        if unique:
-            now = await client.scheduler.who_has(keys=unique)
-            report["moved"] = sum(1 for k in unique if set(now.get(k) or ()) - set(ours))
-        return report
+            workers = await named()
+            batch = {a: n for a, n in workers.items() if n.startswith(prefix) and a not in seen}
+            if not seen:
+                report["others"] = len(workers) - len(batch)
+            if not batch:
+                return report
+            seen.update(batch)
+            report["names"] = sorted(set(report["names"]) | set(batch.values()))
+            has_what = await asyncio.wait_for(client.scheduler.has_what(workers=list(batch)), left())
+            keys = {k for held in has_what.values() for k in held}
+            who_has = await asyncio.wait_for(client.scheduler.who_has(keys=list(keys)), left()) \
+                if keys else {}
+            # Keys whose every copy is on this job's workers: those the retirement must move.
+            unique = [k for k, holders in who_has.items() if holders and set(holders) <= seen]
+            if unique:
+                sizes = await asyncio.wait_for(
+                    client.scheduler.nbytes(keys=unique, summary=False), left())
+                report["unique_bytes"] += sum(int(v) for v in sizes.values())
+            report["keys"] += len(keys)
+            report["unique"] += len(unique)
+            retired = await asyncio.wait_for(client.scheduler.retire_workers(
+                names=list(batch.values()), close_workers=True, remove=True,
+                stimulus_id=f"dask-pbs-kit-retire-{prefix}{time.time()}"), left())
+            gone = {a for a in retired if a in batch}
+            report["retired"] = sorted(report["retired"] + [batch[a] for a in gone])
+            # A worker whose data had nowhere to go was not retired: it runs on.
+            report["kept"] = sorted(report["kept"] + [n for a, n in batch.items() if a not in gone])
+            while gone & set(await named()):  # removed before retire_workers returned, normally
+                await asyncio.sleep(POLL)
+            if unique:
+                now = await asyncio.wait_for(client.scheduler.who_has(keys=unique), left())
+                report["moved"] += sum(1 for k in unique if set(now.get(k) or ()) - seen)
     finally:
         try:
             await asyncio.wait_for(client.close(), 2)
