@@ -24,10 +24,11 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 
 from . import args, schedfile
-from .errors import (CLUSTER_GONE, MALFORMED, MISSING, NO_TLS_FILES, NOT_READABLE,
+from .errors import (BAD_VALUE, CLUSTER_GONE, MALFORMED, MISSING, NO_TLS_FILES, NOT_READABLE,
                      NOT_RETIRED, NOT_SCHEDULER, RETIRE_TIMEOUT, USAGE, KitError)
 
 JOIN_USAGE = """usage: kit.py join-check SCHEDULER_FILE [--timeout SECONDS] [--job-id JOBID] [--copy-to FILE]
@@ -39,7 +40,7 @@ this user may join, and print what the job needs, one NAME VALUE line each:
   tls_config     (TLS) the client configuration beside it (x.json: x.tls.json)
   tls_dir        (TLS) the cluster job's certificate folder: ca.pem, cluster.pem and
                  cluster.key, what this job's workers present (task.sh tls=DIR)
-  log_dir        the cluster job's LOG_DIR (its roll workers.txt, scheduler.closed), if found
+  log_dir        the cluster job's LOG_DIR (its roll workers.txt, scheduler.closed)
   cluster_job    the cluster job's id, if found (the first line of LOG_DIR/job.log)
   prefix         the names of this job's workers start with it: job-SEQ- (from --job-id,
                  default $PBS_JOBID; absent when neither is known)
@@ -48,10 +49,10 @@ for TLS a handshake whose certificate comes from the cluster's own CA. --copy-to
 the scheduler file as read to FILE (mode 0600, in one rename), and with TLS its client
 configuration beside it (FILE's x.tls.json): copies that stay when the cluster job
 removes its own, for `kit.py retire --scheduler-file FILE` and the workers.
-exit status: 0 joinable; 2 usage; 3 no scheduler file; 4 incomplete JSON; 5 not a scheduler
-file; 12 a file not readable (another user's cluster); 13 the cluster is gone (nothing
-answers at its address, or its scheduler closed); 14 TLS cluster without its client
-configuration or certificate files"""
+exit status: 0 joinable; 2 usage; 3 no scheduler file (or no log folder of its job found);
+4 incomplete JSON; 5 not a scheduler file; 12 a file not readable (another user's
+cluster); 13 the cluster is gone (nothing answers at its address, or its scheduler
+closed); 14 a TLS cluster without its client configuration or certificate files"""
 
 RETIRE_USAGE = """usage: kit.py retire --scheduler-file FILE [--tls-config CONFIG] --prefix PREFIX [--timeout SECONDS]
 
@@ -307,6 +308,14 @@ def join_check_cli(argv: list, environ=os.environ) -> None:
     jobid = opts.get("--job-id", environ.get("PBS_JOBID", ""))
     prefix = prefix_for(jobid) if jobid else ""
     facts = check_cluster(operands[0], timeout)
+    if not facts.get("log_dir"):
+        # The roll of the cluster's registered workers is there: how the job knows that its
+        # own workers have joined (kit.py wait-ready), and what counts them.
+        raise KitError(
+            f"cannot find the log folder of the cluster job of {operands[0]} (its roll of "
+            "workers, workers.txt): with TLS it is found through the certificates the client "
+            "configuration names, without TLS in dask-logs/ beside the scheduler file (the "
+            "default LOG_DIR); pass the job's own copy, LOG_DIR/scheduler.json", MISSING)
     if "--copy-to" in opts:
         # The client configuration too, beside the copy as beside the original: `retire
         # --scheduler-file COPY` finds it, and through it the cluster's log folder.
@@ -314,17 +323,14 @@ def join_check_cli(argv: list, environ=os.environ) -> None:
             copy_atomic(facts["tls_raw"], schedfile.tls_config_path(opts["--copy-to"]))
         copy_atomic(facts["raw"], opts["--copy-to"])
     if facts["warning"]:
-        import sys
-
         print(f"dask-pbs: warning: {facts['warning']}", file=sys.stderr)
     lines = [(name, facts.get(name, "")) for name in (
         "address", "scheduler_file", "tls_config", "tls_dir", "log_dir", "cluster_job")]
     lines.append(("prefix", prefix))
-    for name, value in lines:
-        if value:
-            if "\n" in value:
-                raise KitError(f"{value!r}: a path with a newline cannot be passed on")
-            print(f"{name} {value}")
+    for _, value in lines:
+        if "\n" in value:
+            raise KitError(f"{value!r}: a path with a newline cannot be passed on", BAD_VALUE)
+    print("".join(f"{name} {value}\n" for name, value in lines if value), end="")
 
 
 # ------------------------------------------------------------------ retire

@@ -186,6 +186,24 @@ def test_a_closed_marker_says_gone_though_the_port_answers(tmp_path, capsys):
         listener.close()
 
 
+def test_a_cluster_whose_log_folder_cannot_be_found(tmp_path, capsys):
+    listener = Listener()
+    try:
+        path, log_dir = cluster_files(tmp_path, f"tcp://127.0.0.1:{listener.port}", tls=False)
+        (log_dir / "scheduler.json").unlink()  # TLS=no: found through dask-logs/*/scheduler.json only
+        refused(capsys, ["join-check", str(path)], MISSING,
+                f"cannot find the log folder of the cluster job of {path} (its roll of workers")
+        # The job's own copy in its LOG_DIR has its roll beside it.
+        (log_dir / "workers.txt").write_text("chunk-1\n")
+        shutil.copy(path, log_dir / "scheduler.json")
+        assert kit_cli.main(["join-check", str(log_dir / "scheduler.json"), "--job-id", "5"]) == 0
+        assert capsys.readouterr().out == (
+            f"address tcp://127.0.0.1:{listener.port}\nscheduler_file {log_dir}/scheduler.json\n"
+            f"log_dir {log_dir}\ncluster_job {JOB}\nprefix job-5-\n")
+    finally:
+        listener.close()
+
+
 def test_tls_cluster_without_its_client_configuration(tmp_path, capsys):
     listener = Listener()
     try:
