@@ -8,7 +8,7 @@ from . import args, schedfile
 from .errors import USAGE, KitError
 
 USAGE_TEXT = """usage: dashboard_url.py [SCHEDULER_FILE] [--wait SECONDS] [--tunnel [LOGIN_HOST]] [--local-port PORT]
-                        [--loopback [--node NODE]] [--workers]
+                        [--loopback [--node NODE]] [--workers] [--jupyter]
 
 Print the Dask dashboard URL of the scheduler described by SCHEDULER_FILE
 (default: scheduler.json in the current folder).
@@ -25,11 +25,14 @@ Print the Dask dashboard URL of the scheduler described by SCHEDULER_FILE
                         "6 workers (2 from worker jobs: 2 of job 1235)"; read from the
                         cluster job's roll (LOG_DIR/workers.txt), else asked of the
                         scheduler's HTTP server
+  --jupyter             print how to reach the job's JupyterLab (JUPYTER=yes) instead: the
+                        ssh tunnel to run on your laptop and the URL with its token, from
+                        the file the job writes beside SCHEDULER_FILE once JupyterLab answers
 exit status: 0 ok, 2 usage, 3 no file (--workers: no roll found, no answer), 4 incomplete
              JSON, 5 not a scheduler file, 6 no dashboard (bokeh missing)"""
 
 OPTIONS = {"--wait": "value", "--tunnel": "optional", "--local-port": "value",
-           "--loopback": "flag", "--node": "value", "--workers": "flag"}
+           "--loopback": "flag", "--node": "value", "--workers": "flag", "--jupyter": "flag"}
 
 
 def main(argv=None) -> int:
@@ -42,7 +45,14 @@ def main(argv=None) -> int:
         local = int(args.number(opts.get("--local-port", "0"), "--local-port"))
         info = schedfile.load(path, wait)
         loopback = "--loopback" in opts
-        if "--workers" in opts:
+        if "--jupyter" in opts:
+            from . import jupyter
+
+            published = jupyter.jupyter_file(path)
+            where = _wait_for(lambda: jupyter.load_published(published), wait)
+            print(where["tunnel"])
+            print(f"# then open {where['local_url']}")
+        elif "--workers" in opts:
             print(schedfile.workers_text(schedfile.worker_names(path, info)))
         elif "--tunnel" in opts:
             login = opts["--tunnel"] or os.environ.get("PBS_O_HOST") or _hostname()
@@ -58,6 +68,20 @@ def main(argv=None) -> int:
         prefix = "" if exc.code == 0 else "dask-pbs: dashboard_url.py: "
         print(f"{prefix}{exc}", file=stream)
         return exc.code
+
+
+def _wait_for(read, wait: float):
+    """read(), retried for up to wait seconds while it raises KitError (a job starting)."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return read()
+        except KitError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(schedfile.POLL)
 
 
 def _hostname() -> str:

@@ -90,3 +90,18 @@ def test_what_the_job_published_is_read_back_or_refused(tmp_path):
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(KitError):
         jupyter.load_published(str(tmp_path / "bad.json"))
+
+
+def test_dashboard_url_prints_the_tunnel_and_the_url_the_job_published(tmp_path, capsys):
+    from dask_pbs_kit import dashboard_cli
+
+    sched = tmp_path / "scheduler.json"
+    sched.write_text(json.dumps({"type": "Scheduler", "address": "tls://10.0.0.5:40000",
+                                 "services": {"dashboard": 8787}}))
+    assert dashboard_cli.main([str(sched), "--jupyter"]) == MISSING
+    assert "JUPYTER=yes" in capsys.readouterr().err
+    where = jupyter.reach({"port": 4321, "token": "t0k", "hostname": "10.0.0.5"}, "n0", "login1", False, 8787)
+    (tmp_path / "scheduler.jupyter.json").write_text(json.dumps(where))
+    assert dashboard_cli.main([str(sched), "--jupyter"]) == 0
+    assert capsys.readouterr().out == (
+        "ssh -N -L 4321:10.0.0.5:4321 login1\n# then open http://localhost:4321/lab?token=t0k\n")
