@@ -169,3 +169,30 @@ for addr in sorted(client.scheduler_info()["workers"]):
   [ -z "$(leftover_namespaces)" ]
   assert_no_job_processes
 }
+
+@test "netns: JupyterLab on node00's network, from the login node: the URL with its token, refused without, a kernel's plain Client, the dashboard through the proxy" {
+  export FAKEPBS_NETNS=1
+  qsub -W block=true -v "$(netns_vars),JUPYTER=yes" -l select=3:ncpus=1:mem=1gb -l walltime=00:03:00 \
+    "$KIT/scripts/launch-dask-cluster-path.pbs" >qsub.out &
+  JOB_QSUB_PID=$!
+  wait_jupyter
+  subnet=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["netns"]["subnet"])' "$FAKEPBS_HOME/jobs/1/job.json")
+  [[ $BASE == "http://$subnet.1:$PORT" ]]
+  run http_status "$URL"
+  [ "$output" = "200 False" ]
+  run http_status "$BASE/api/status"
+  [ "$output" = 403 ]
+  run http_status "$BASE/proxy/$DPORT/status" "$TOKEN"
+  [ "$output" = "200 True" ]
+  run cell '
+import os
+from dask.distributed import Client
+client = Client(scheduler_file=os.environ["DASK_SCHEDULER_FILE"])
+print(client.scheduler.address.rsplit(":", 1)[0], client.submit(sum, [1, 2]).result(), len(client.scheduler_info()["workers"]))
+'
+  [ "$output" = "tls://$subnet.1 3 2" ]
+  qdel "$(head -n 1 qsub.out)"
+  wait "$JOB_QSUB_PID" || true
+  [ -z "$(leftover_namespaces)" ]
+  assert_no_job_processes
+}

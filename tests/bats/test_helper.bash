@@ -102,3 +102,42 @@ job_output_so_far() {
 wait_ready() {
   "$PY" "$KIT/helpers/dashboard_url.py" --wait 90 scheduler.json
 }
+
+# ------------------------------------------------------------------ JUPYTER=yes jobs
+
+# Wait until the job's JupyterLab answers (the kit then describes it beside scheduler.json);
+# sets URL (with its token), BASE (without), TOKEN, PORT and DPORT (the dashboard's port).
+wait_jupyter() {
+  local _
+  for _ in $(seq 600); do
+    [[ -s scheduler.jupyter.json ]] && break
+    sleep 0.1
+  done
+  [[ -s scheduler.jupyter.json ]]
+  URL=$(sed -n 's/^  jupyter:   \([^ ]*\) .*/\1/p' dask-logs/*/cluster-info.txt)
+  BASE=${URL%%/lab?token=*}
+  TOKEN=${URL##*token=}
+  PORT=${BASE##*:}
+  DPORT=$("$PY" -c 'import json; print(json.load(open("scheduler.json"))["services"]["dashboard"])')
+}
+
+# HTTP status of a GET: http_status URL [TOKEN]
+http_status() {
+  "$PY" - "$@" <<'PY'
+import sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1])
+if len(sys.argv) > 2:
+    request.add_header("Authorization", f"token {sys.argv[2]}")
+try:
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        body = reply.read().decode(errors="replace")
+        print(reply.status, "Dask" in body)
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+PY
+}
+
+# A cell in a new kernel of the job's JupyterLab: cell CODE
+cell() {
+  "$PY" "$KIT/tests/tools/jupyter_cell.py" "$BASE" "$TOKEN" "$1"
+}
