@@ -117,7 +117,9 @@ wait_jupyter() {
   URL=$(sed -n 's/^  jupyter:   \([^ ]*\) .*/\1/p' dask-logs/*/cluster-info.txt)
   BASE=${URL%%/lab?token=*}
   TOKEN=${URL##*token=}
+  # shellcheck disable=SC2034 # PORT and DPORT are read by the .bats files
   PORT=${BASE##*:}
+  # shellcheck disable=SC2034
   DPORT=$("$PY" -c 'import json; print(json.load(open("scheduler.json"))["services"]["dashboard"])')
 }
 
