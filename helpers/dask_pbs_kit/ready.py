@@ -17,23 +17,26 @@ from . import args
 from .errors import NOT_READY, PROCESS_EXITED, USAGE, KitError
 
 USAGE_TEXT = """usage: kit.py wait-ready --scheduler-file FILE --roll ROLL --timeout SECONDS
-                        --watch ROLE:CHUNK:NODE:PID:LOG:NPROCS [--watch ...]
+                        [--name-prefix PREFIX] --watch ROLE:CHUNK:NODE:PID:LOG:NPROCS [--watch ...]
 
 Wait until FILE (the job's scheduler file) exists and ROLL (the scheduler's list of
 registered workers, one name per line) holds every worker process that was launched:
-NPROCS per `worker` watch, named chunk-CHUNK (one process) or chunk-CHUNK-K (K = 0 ..
-NPROCS-1). PID is the pbsdsh that runs the task; LOG is its Dask log and LOG.pbsdsh
-what pbsdsh itself printed.
+NPROCS per `worker` watch, named PREFIXchunk-CHUNK (one process) or PREFIXchunk-CHUNK-K
+(K = 0 .. NPROCS-1). CHUNK is the chunk's number, or N-gpuG for the worker of its GPU G.
+PREFIX (default none) is a worker job's (job-SEQ-). PID is the pbsdsh that runs the task;
+LOG is its Dask log and LOG.pbsdsh what pbsdsh itself printed.
 exit status: 0 ready, 2 usage, 9 not ready within SECONDS, 10 a watched task ended first"""
 
 OPTIONS = {"--scheduler-file": "value", "--roll": "value", "--timeout": "value"}
+OPTIONAL = {"--name-prefix": "value"}
 POLL = 0.05    # seconds between looks at the roll and the watched processes
 LOG_LINES = 8  # lines of a task's log quoted when it ends early
 
 
 class Watch(namedtuple("Watch", "role chunk node pid log nprocs")):
-    """One pbsdsh task: role (str: scheduler or worker), chunk (int), node (str), pid (int),
-    log (str: its Dask log) and nprocs (int: Dask processes it runs)."""
+    """One pbsdsh task: role (str: scheduler or worker), chunk (int, or str 'N-gpuG' for
+    the worker of a chunk's GPU), node (str), pid (int), log (str: its Dask log) and nprocs
+    (int: Dask processes it runs)."""
 
     __slots__ = ()
 
@@ -45,11 +48,12 @@ def parse_watch(spec: str) -> Watch:
     """A Watch from ROLE:CHUNK:NODE:PID:LOG:NPROCS (LOG may hold colons)."""
     parts = spec.split(":", 4)
     log, sep, nprocs = parts[-1].rpartition(":") if len(parts) == 5 else ("", "", "")
-    if not sep or not all(p.isdigit() for p in (parts[1], parts[3], nprocs)) or not log or (
-            parts[0] == "worker" and int(nprocs) < 1):
+    chunk, _, gpu = parts[1].partition("-gpu") if len(parts) > 1 else ("", "", "")
+    if not sep or not all(p.isdigit() for p in (chunk, parts[3], nprocs)) or not log or (
+            parts[0] == "worker" and int(nprocs) < 1) or (_ and not gpu.isdigit()):
         raise KitError(f"--watch {spec!r} is not ROLE:CHUNK:NODE:PID:LOG:NPROCS (NPROCS at "
                        f"least 1 for a worker)\n{USAGE_TEXT}", USAGE)
-    return Watch(parts[0], int(parts[1]), parts[2], int(parts[3]), log, int(nprocs))
+    return Watch(parts[0], parts[1] if gpu else int(chunk), parts[2], int(parts[3]), log, int(nprocs))
 
 
 def split_watches(argv: list) -> tuple:
@@ -72,24 +76,24 @@ def split_watches(argv: list) -> tuple:
     return watches, rest
 
 
-def expected_names(watch: Watch) -> list:
-    """The names `dask worker --name chunk-I --nworkers N` gives its processes."""
+def expected_names(watch: Watch, prefix: str = "") -> list:
+    """The names `dask worker --name PREFIXchunk-I --nworkers N` gives its processes."""
     if watch.nprocs == 1:
-        return [f"chunk-{watch.chunk}"]
-    return [f"chunk-{watch.chunk}-{k}" for k in range(watch.nprocs)]
+        return [f"{prefix}chunk-{watch.chunk}"]
+    return [f"{prefix}chunk-{watch.chunk}-{k}" for k in range(watch.nprocs)]
 
 
-def connected(watches: list, names: list) -> dict:
+def connected(watches: list, names: list, prefix: str = "") -> dict:
     """{chunk: how many of its launched worker processes are on the roll}. Names that no
     worker watch launched (a worker of somebody else's) are not counted."""
     roll = set(names)
-    return {w.chunk: sum(name in roll for name in expected_names(w))
+    return {w.chunk: sum(name in roll for name in expected_names(w, prefix))
             for w in watches if w.role == "worker"}
 
 
-def missing(watches: list, names: list) -> list:
+def missing(watches: list, names: list, prefix: str = "") -> list:
     """[(watch, connected processes)] for each worker chunk with fewer on the roll than launched."""
-    counts = connected(watches, names)
+    counts = connected(watches, names, prefix)
     return [(w, counts[w.chunk]) for w in watches
             if w.role == "worker" and counts[w.chunk] < w.nprocs]
 
@@ -142,7 +146,8 @@ def check_alive(watches: list, is_gone: Callable = gone) -> None:
             raise KitError(exited_message(watch), PROCESS_EXITED)
 
 
-def timeout_message(watches: list, names: list, timeout: float, have_file: bool) -> str:
+def timeout_message(watches: list, names: list, timeout: float, have_file: bool,
+                    prefix: str = "") -> str:
     """Why the cluster is not ready: no scheduler file, or which chunks lack processes."""
     if not have_file:
         sched = [w.log for w in watches if w.role == "scheduler"]
@@ -150,10 +155,10 @@ def timeout_message(watches: list, names: list, timeout: float, have_file: bool)
         return (f"no scheduler file after {timeout:g} s (see {where}); raise READY_TIMEOUT "
                 "if the nodes are slow to start Python")
     expected = sum(w.nprocs for w in watches if w.role == "worker")
-    counts = connected(watches, names)
+    counts = connected(watches, names, prefix)
     lines = [f"only {sum(counts.values())} of {expected} worker{'s' if expected != 1 else ''} "
              f"connected after {timeout:g} s"]
-    for watch, have in missing(watches, names):
+    for watch, have in missing(watches, names, prefix):
         noun = "process" if watch.nprocs == 1 else "processes"
         lines.append(f"dask-pbs:   missing: {watch.nprocs - have} of {watch.nprocs} worker "
                      f"{noun} of chunk {watch.chunk} (node {watch.node}), log {watch.log}")
@@ -162,7 +167,7 @@ def timeout_message(watches: list, names: list, timeout: float, have_file: bool)
 
 def wait_ready(scheduler_file: str, roll: str, timeout: float, watches: list,
                clock: Callable = time.monotonic, sleep: Callable = time.sleep,
-               is_gone: Callable = gone) -> None:
+               is_gone: Callable = gone, prefix: str = "") -> None:
     """Return once the scheduler file exists and every launched worker process is on the
     roll; raise PROCESS_EXITED as soon as a watched task ends first, NOT_READY at timeout."""
     deadline = clock() + timeout
@@ -171,17 +176,17 @@ def wait_ready(scheduler_file: str, roll: str, timeout: float, watches: list,
         names = read_roll(roll)
         # The scheduler writes its file when it listens; workers register after that.
         have_file = os.path.exists(scheduler_file)
-        if have_file and not missing(watches, names):
+        if have_file and not missing(watches, names, prefix):
             return
         if clock() >= deadline:
-            raise KitError(timeout_message(watches, names, timeout, have_file), NOT_READY)
+            raise KitError(timeout_message(watches, names, timeout, have_file, prefix), NOT_READY)
         sleep(POLL)
 
 
 def cli(argv: list) -> None:
     """kit.py wait-ready: parse, wait, print nothing on success."""
     watches, rest = split_watches(argv)
-    opts, operands = args.parse(rest, OPTIONS, USAGE_TEXT)
+    opts, operands = args.parse(rest, {**OPTIONS, **OPTIONAL}, USAGE_TEXT)
     absent = [name for name in OPTIONS if name not in opts]
     if absent or operands:
         what = f"missing {', '.join(absent)}" if absent else f"unexpected {operands[0]!r}"
@@ -189,4 +194,5 @@ def cli(argv: list) -> None:
     if not any(w.role == "worker" for w in watches):
         raise KitError(f"no worker --watch: nothing to wait for\n{USAGE_TEXT}", USAGE)
     timeout = args.number(opts["--timeout"], "--timeout")
-    wait_ready(opts["--scheduler-file"], opts["--roll"], timeout, watches)
+    wait_ready(opts["--scheduler-file"], opts["--roll"], timeout, watches,
+               prefix=opts.get("--name-prefix", ""))

@@ -256,3 +256,16 @@ def test_a_real_cluster_is_ready_when_the_roll_lists_every_process(tmp_path):
             f"nothing; its log {tmp_path}/worker-2.log ends with:\n")
     finally:
         stop(procs)
+
+
+def test_a_gpu_workers_watch_and_a_worker_jobs_prefix_name_exactly_their_processes():
+    gpu = ready.parse_watch("worker:2-gpu1:node02:77:/l/worker-2-gpu1.log:1")
+    assert gpu.chunk == "2-gpu1" and ready.expected_names(gpu) == ["chunk-2-gpu1"]
+    assert ready.expected_names(ready.parse_watch("worker:3:n3:1:/l/w.log:2"), "job-12-") == [
+        "job-12-chunk-3-0", "job-12-chunk-3-1"]
+    watches = [gpu, watch(chunk=3, nprocs=2)]
+    roll = ["job-12-chunk-2-gpu1", "chunk-3-0", "job-12-chunk-3-0", "job-12-chunk-3-1"]
+    assert ready.missing(watches, roll, "job-12-") == []
+    assert [(w.chunk, n) for w, n in ready.missing(watches, roll)] == [("2-gpu1", 0), (3, 1)]
+    with pytest.raises(KitError):
+        ready.parse_watch("worker:2-gpux:node02:77:/l/w.log:1")
