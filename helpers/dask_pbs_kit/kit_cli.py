@@ -22,6 +22,7 @@ from .errors import BAD_VALUE, USAGE, KitError
 
 PLAN_USAGE = """usage: kit.py plan [--nworkers N] [--nthreads T] [--reserve R]
                    [--worker-on-scheduler-chunk yes|no|auto] [--walltime [[HH:]MM:]SS] [--started EPOCH]
+                   [--no-scheduler]
 
 Inside a PBS job: read the job (qstat, $PBS_NODEFILE, $NCPUS) and print the launch plan,
 one tab-separated line each:
@@ -37,7 +38,8 @@ NTHREADS divides the chunk's ncpus among its processes unless --nthreads is give
 MEMORY is each worker's --memory-limit in bytes, or auto when no source tells the chunk's
 mem (the task then divides its host's memory limit by HOST_PROCS, less the reserve).
 --walltime (WALLTIME) stands in when PBS does not tell the walltime; --started is the job
-script's start (seconds since the epoch). Warnings go to stderr."""
+script's start (seconds since the epoch); --no-scheduler: a worker-only job (every chunk
+runs workers, no scheduler shares chunk 0). Warnings go to stderr."""
 
 MEMORY_USAGE = """usage: kit.py memory CHUNK_MEM PROCESSES [RESERVE]
 
@@ -77,6 +79,7 @@ def plan(argv: list, environ=os.environ, run=None):
     opts, operands = args.parse(argv, {
         "--nworkers": "value", "--nthreads": "value", "--reserve": "value",
         "--worker-on-scheduler-chunk": "value", "--walltime": "value", "--started": "value",
+        "--no-scheduler": "flag",
     }, PLAN_USAGE)
     if operands:
         raise KitError(f"unexpected {operands[0]!r}\n{PLAN_USAGE}", USAGE)
@@ -85,6 +88,7 @@ def plan(argv: list, environ=os.environ, run=None):
         nthreads=_count(opts.get("--nthreads", "0"), "NTHREADS", 0),
         reserve=opts.get("--reserve", "10%"),
         worker_on_scheduler_chunk=opts.get("--worker-on-scheduler-chunk", "no"),
+        scheduler="--no-scheduler" not in opts,
     )
     check_settings(settings)  # before qstat runs
     walltime = opts.get("--walltime") or None

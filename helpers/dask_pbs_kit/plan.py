@@ -49,12 +49,15 @@ class Settings(Record):
     WORKER_ON_SCHEDULER_CHUNK (yes, no, or auto: yes when chunk 0 has 2 ncpus or more,
     keeping one for the scheduler)."""
 
-    __slots__ = ("nworkers", "nthreads", "reserve", "worker_on_scheduler_chunk")
+    __slots__ = ("nworkers", "nthreads", "reserve", "worker_on_scheduler_chunk", "scheduler")
 
     def __init__(self, nworkers: int = 1, nthreads: int = 0, reserve: str = "10%",
-                 worker_on_scheduler_chunk: str = "no") -> None:
+                 worker_on_scheduler_chunk: str = "no", scheduler: bool = True) -> None:
         self.nworkers, self.nthreads = nworkers, nthreads
         self.reserve, self.worker_on_scheduler_chunk = reserve, worker_on_scheduler_chunk
+        # False: a worker-only job (scripts/launch-dask-workers.pbs), whose workers join a
+        # cluster another job runs: every chunk runs workers and no scheduler takes a share.
+        self.scheduler = scheduler
 
 
 class SchedulerLine(Record):
@@ -141,8 +144,8 @@ def make_plan(job: Job, settings: Settings) -> Plan:
                        "mpiprocs=0): the scheduler runs there; give it ncpus=1 or more", BAD_VALUE)
     warnings: List[str] = []
     mode = settings.worker_on_scheduler_chunk
-    on_first = mode == "yes" or (mode == "auto" and first.ncpus >= 2)
-    keep_core = mode == "auto" and on_first
+    on_first = mode == "yes" or (mode == "auto" and first.ncpus >= 2) or not settings.scheduler
+    keep_core = mode == "auto" and on_first and settings.scheduler
     if first.ngpus and not on_first:
         why = ("WORKER_ON_SCHEDULER_CHUNK=no" if mode == "no" else
                f"it has {first.ncpus} core{'s' if first.ncpus != 1 else ''}, kept for the "
@@ -164,7 +167,7 @@ def make_plan(job: Job, settings: Settings) -> Plan:
             "no chunk can run workers: " + "; ".join(warnings), BAD_VALUE)
 
     # Dask processes and chunks per host (NODE, as the node file names the host).
-    procs: dict = {first.node: 1}
+    procs: dict = {first.node: 1 if settings.scheduler else 0}
     chunk_count: dict = {}
     for chunk in chunks:
         if chunk.first_line >= 0:
@@ -183,7 +186,7 @@ def make_plan(job: Job, settings: Settings) -> Plan:
 
     workers = []
     for chunk in worker_chunks:
-        on_scheduler = chunk.index == first.index
+        on_scheduler = chunk.index == first.index and settings.scheduler
         cpus = chunk.ncpus - 1 if (on_scheduler and keep_core) else chunk.ncpus
         processes = chunk.ngpus or settings.nworkers
         threads = settings.nthreads or max(1, cpus // processes)

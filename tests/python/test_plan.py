@@ -514,3 +514,15 @@ def test_any_job_from_garbage_gives_a_plan_or_a_kit_error(tmp_path_factory, attr
         if fields[0] == "gpu-worker":
             assert len(fields) == 14 and fields[4] == "1"
             assert int(fields[10]) < int(fields[11]) and int(fields[12]) < int(fields[13])
+
+
+def test_a_worker_only_job_runs_workers_on_every_chunk_and_no_scheduler_shares_chunk_0():
+    from dask_pbs_kit.job_resources import Chunk, Job, Walltime
+
+    chunks = [Chunk(i, 2, 2 * 1024**3) for i in range(2)]
+    for i, chunk in enumerate(chunks):
+        chunk.first_line, chunk.node, chunk.host = i, f"n{i}", f"n{i}"
+    job = Job(chunks, Walltime(3600, 3600, "pbs"), "test")
+    plan = make_plan(job, Settings(nworkers=2, scheduler=False))
+    assert [(w.chunk, w.nworkers, w.nthreads, w.memory, w.host_procs) for w in plan.workers] == [
+        (0, 2, 1, 966367642, 2), (1, 2, 1, 966367642, 2)]
