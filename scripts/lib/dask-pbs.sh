@@ -15,6 +15,9 @@
 #   8 dpk::teardown       (EXIT trap) the program, the scheduler, the tasks: each SIGTERM,
 #                         a grace period, then SIGKILL
 #
+# A worker-only job (`dpk::main workers`, scripts/launch-dask-workers.pbs) joins another
+# job's cluster instead of starting one: its own phases are in grow.sh.
+#
 # Each phase's header says what it reads and what it sets. A global is set by one phase
 # only (its name says which: DPK_F_ files, DPK_P_ plan, DPK_T_ tasks, DPK_PUB_ published
 # files); later phases read it. Knobs are the upper-case variables of README.md; the
@@ -23,6 +26,9 @@
 DPK_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DPK_KIT_DIR=$(dirname "$(dirname "$DPK_LIB_DIR")")
 readonly DPK_LIB_DIR DPK_KIT_DIR
+# The phases of a worker-only job (mode workers): they use the ones below.
+# shellcheck source=grow.sh
+source "$DPK_LIB_DIR/grow.sh"
 
 # ------------------------------------------------------------------ small tools
 
@@ -153,7 +159,7 @@ dpk::check_knobs() {
     dpk::die "JUPYTER=$JUPYTER must be yes (JupyterLab beside the cluster) or no"
   if [[ $JUPYTER == yes ]]; then
     [[ $DPK_MODE == interactive ]] ||
-      dpk::die "JUPYTER=yes is for the interactive templates (a production job runs PROGRAM, not a notebook)"
+      dpk::die "JUPYTER=yes is for the interactive templates (a $DPK_MODE job starts no notebook)"
     [[ -d $JUPYTER_DIR ]] || dpk::die "JUPYTER_DIR=$JUPYTER_DIR is not a folder (JupyterLab's root: set JUPYTER_DIR)"
     command -v jupyter-lab >/dev/null ||
       dpk::die "JUPYTER=yes but there is no jupyter-lab in the job's environment ($PATH): install it there with pip install -r requirements/jupyter.txt"
@@ -194,8 +200,10 @@ dpk::prepare() {
   DPK_F_JUPYTER=${SCHEDULER_FILE%.json}.jupyter.json  # how to reach JupyterLab (JUPYTER=yes)
   # The FIFO of dpk::nap: on this node's own disk (PBS's TMPDIR), not on shared storage.
   DPK_F_NAP=${TMPDIR:-/tmp}/dask-pbs-nap.$PBS_JOBID
-  rm -f "$SCHEDULER_FILE" "$DPK_F_TLS_CONFIG" "$DPK_F_JUPYTER" "$DPK_F_JOB_SCHEDULER" "$DPK_F_ROLL" \
-    "$DPK_F_CLOSED" "$DPK_F_DIED" "$LOG_DIR"/*.iface "$DPK_F_NAP" "$LOG_DIR/job.log"
+  # A worker job's SCHEDULER_FILE is the cluster's it joins: not its to remove.
+  [[ $DPK_MODE == workers ]] || rm -f "$SCHEDULER_FILE" "$DPK_F_TLS_CONFIG" "$DPK_F_JUPYTER"
+  rm -f "$DPK_F_JOB_SCHEDULER" "$DPK_F_ROLL" "$DPK_F_CLOSED" "$DPK_F_DIED" "$LOG_DIR"/*.iface \
+    "$DPK_F_NAP" "$LOG_DIR/job.log"
   DPK_F_LOG=$LOG_DIR/job.log
   mkfifo "$DPK_F_NAP" 2>/dev/null || DPK_F_NAP=""
   export DASK_PBS_KIT_ROLL=$DPK_F_ROLL DASK_PBS_KIT_CLOSED=$DPK_F_CLOSED DASK_PBS_KIT_STOP_WAIT=0.5
@@ -208,20 +216,28 @@ dpk::prepare() {
 # kit.py plan) and write the task environment, the three at once: together they take as
 # long as the slowest. Then give this script's own later clients (PROGRAM) the client
 # certificate, after env.sh is written: the tasks must not get it.
-# Reads: knobs, DPK_F_*. Sets: DPK_TLS_DIR (empty: plain tcp), DPK_HELPER_PIDS (while they
-# run), and the plan (dpk::parse_plan).
+# Reads: knobs, DPK_F_*, DPK_J_* (workers mode). Sets: DPK_TLS_DIR (this job's own
+# certificates; empty: none), DPK_TASK_TLS (the certificates the tasks use; empty: plain
+# tcp), DPK_HELPER_PIDS (while they run), and the plan (dpk::parse_plan).
 dpk::read_job() {
   local failed=0 pid
-  DPK_TLS_DIR="" DPK_HELPER_PIDS=()
-  if [[ $TLS == yes ]]; then
+  local -a plan_mode=()
+  DPK_TLS_DIR="" DPK_HELPER_PIDS=() DPK_TASK_TLS=""
+  if [[ $DPK_MODE == workers ]]; then
+    # The cluster's own certificates (never this job's to delete), its TLS or not; the
+    # nannies' preload (dask_pbs_kit.grow) from the kit's helpers.
+    DPK_TASK_TLS=$DPK_J_TLS_DIR plan_mode=(--no-scheduler)
+    export PYTHONPATH=$DPK_KIT_DIR/helpers${PYTHONPATH:+:$PYTHONPATH}
+  elif [[ $TLS == yes ]]; then
     DPK_TLS_DIR=$LOG_DIR/tls
+    DPK_TASK_TLS=$DPK_TLS_DIR
     "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" tls "$DPK_TLS_DIR" --name "$PBS_JOBID" \
       2>"$DPK_F_ERR.tls.err" &
     DPK_HELPER_PIDS+=("$!")
   fi
   "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" plan --nworkers "$NWORKERS" --nthreads "$NTHREADS" \
     --reserve "$MEMORY_RESERVE" --worker-on-scheduler-chunk "$WORKER_ON_SCHEDULER_CHUNK" \
-    --walltime "$WALLTIME" --started "$((DPK_STARTED_US / 1000000))" >"$DPK_F_PLAN" \
+    --walltime "$WALLTIME" --started "$((DPK_STARTED_US / 1000000))" "${plan_mode[@]}" >"$DPK_F_PLAN" \
     2>"$DPK_F_ERR.plan.err" &
   DPK_HELPER_PIDS+=("$!")
   # Run by this script itself: the helper reads this script's initial environment from
@@ -311,12 +327,18 @@ dpk::start_task() {
   shift 5
   local log=$LOG_DIR/$role-$chunk.log
   local pid_file=$LOG_DIR/$role-$chunk.pid
+  local -a shell=(/bin/bash)
+  # A worker job's tasks ignore SIGTERM from their first instruction, every process they
+  # start too (an ignored signal stays ignored across fork and exec): on qdel PBS signals
+  # every process of the job at once, and the job must retire its workers first.
+  # shellcheck disable=SC2016 # $0 and $@ expand in the task's shell
+  [[ $DPK_MODE == workers ]] && shell=(/bin/bash -c 'trap "" TERM; exec /bin/bash "$0" "$@"')
   : >"$log"
   # pbsdsh's own output (a spawn failure, a task's exit status) goes beside the log.
-  pbsdsh -n "$line" -- /bin/bash "$DPK_LIB_DIR/task.sh" role="$role" env="$DPK_F_ENV" \
+  pbsdsh -n "$line" -- "${shell[@]}" "$DPK_LIB_DIR/task.sh" role="$role" env="$DPK_F_ENV" \
     log="$log" pid="$pid_file" node="$node" kit="$DPK_KIT_DIR" python="$DPK_PYTHON" \
-    interface="$INTERFACE" iface="$LOG_DIR/$role-$chunk.iface" first="$DPK_P_SCHED_NODE" \
-    scheduler_file="$DPK_F_JOB_SCHEDULER" timeout="$READY_TIMEOUT" tls="$DPK_TLS_DIR" \
+    interface="$INTERFACE" iface="$LOG_DIR/$role-$chunk.iface" first="${DPK_J_FIRST:-$DPK_P_SCHED_NODE}" \
+    scheduler_file="${DPK_J_COPY:-$DPK_F_JOB_SCHEDULER}" timeout="$READY_TIMEOUT" tls="$DPK_TASK_TLS" \
     omp="$WORKER_OMP_THREADS" "$@" >"$log.pbsdsh" 2>&1 &
   DPK_T_PID+=("$!") DPK_T_LINE+=("$line") DPK_T_NODE+=("$node") DPK_T_PIDFILE+=("$pid_file")
   DPK_T_LOG+=("$log")
@@ -342,12 +364,15 @@ dpk::log_workers() {
 # ------------------------------------------------------------------ 5 wait
 
 # Wait for the scheduler file and every worker, or fail naming what is missing.
-# Reads: DPK_T_WATCH, DPK_F_*. Sets: DPK_READY_US.
+# Reads: DPK_T_WATCH, DPK_F_*, DPK_J_* (workers mode). Sets: DPK_READY_US.
 dpk::wait_ready() {
   local status=0
-  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" wait-ready --scheduler-file "$DPK_F_JOB_SCHEDULER" \
-    --roll "$DPK_F_ROLL" --timeout "$READY_TIMEOUT" "${DPK_T_WATCH[@]}" 2>"$DPK_F_ERR.ready.err" ||
-    status=$?
+  local -a where=(--scheduler-file "$DPK_F_JOB_SCHEDULER" --roll "$DPK_F_ROLL")
+  # A worker job's workers register on the cluster's own roll.
+  [[ $DPK_MODE == workers ]] && where=(--scheduler-file "$DPK_J_COPY" --roll "$DPK_J_LOG_DIR/workers.txt"
+    --name-prefix "$DPK_J_PREFIX")
+  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" wait-ready "${where[@]}" --timeout "$READY_TIMEOUT" \
+    "${DPK_T_WATCH[@]}" 2>"$DPK_F_ERR.ready.err" || status=$?
   dpk::relay "$DPK_F_ERR.ready.err"
   [[ $status -eq 0 ]] || dpk::die "the cluster did not start (logs in $LOG_DIR/)"
   dpk::now_us DPK_READY_US
@@ -552,6 +577,8 @@ dpk::stop_watcher() {
 #     through a second pbsdsh on its node, until STOP_TIMEOUT.
 # What is left after a clean close is Dask processes finishing their exit, which PBS ends
 # with the job on every node (MoM kills every task of a job when its script exits).
+# A worker job instead retires its workers (dpk::retire_added): their data moves to the
+# cluster's other workers.
 # Reads: everything the phases set. Sets nothing; exits with the status it was called with.
 dpk::teardown() {
   local status=$? start now pid
@@ -565,7 +592,10 @@ dpk::teardown() {
   dpk::stop_program "$half"
   dpk::stop_jupyter "$half"
   dpk::stop_watcher
-  if [[ ${#DPK_T_PID[@]} -gt 0 ]]; then
+  if [[ $DPK_MODE == workers ]]; then
+    [[ ${#DPK_T_PID[@]} -eq 0 ]] || dpk::retire_added "$end"
+    [[ -z ${DPK_J_RETIRE_FAILED:-} || $status -ne 0 ]] || status=1
+  elif [[ ${#DPK_T_PID[@]} -gt 0 ]]; then
     dpk::stop_scheduler "$end"
     dpk::unpublish
     [[ -e $DPK_F_CLOSED ]] || dpk::stop_tasks "$end"
@@ -574,7 +604,9 @@ dpk::teardown() {
   [[ ${JUPYTER:-no} == yes ]] && rm -rf "$LOG_DIR/jupyter"  # its token and runtime files
   [[ -n ${DPK_F_NAP:-} ]] && rm -f "$DPK_F_NAP"
   dpk::now_us now
-  if [[ -n ${DPK_PROGRAM_END_US:-} ]]; then
+  if [[ $DPK_MODE == workers ]]; then
+    dpk::log "this job's workers left the cluster in $(dpk::seconds "$((now - start))") s; exit status $status"
+  elif [[ -n ${DPK_PROGRAM_END_US:-} ]]; then
     dpk::log "cluster stopped $(dpk::seconds "$((now - DPK_PROGRAM_END_US))") s after the program ended; exit status $status"
   elif [[ ${#DPK_T_PID[@]} -gt 0 ]]; then
     dpk::log "cluster stopped in $(dpk::seconds "$((now - start))") s; exit status $status"
@@ -693,23 +725,24 @@ dpk::remove_if_ours() {
 }
 
 # TERM/INT/HUP trap (qdel, walltime): exit, and the EXIT trap stops the cluster within
-# PBS's kill delay. The script's status: 0 in interactive mode (the normal way to end it),
-# 128+signal in production mode. (Where PBS starts the script through the user's login
+# PBS's kill delay. The script's status: 0 in interactive and workers mode (the normal way
+# to end them), 128+signal in production mode. (Where PBS starts the script through the user's login
 # shell, as real MoMs do, that shell dies of the same SIGTERM and PBS records 271.)
 dpk::on_signal() {
   local code=$((128 + $(kill -l "$1")))
   dpk::log "received SIG$1: shutting the cluster down"
-  [[ $DPK_MODE == interactive ]] && code=0
+  [[ $DPK_MODE == production ]] || code=0
   exit "$code"
 }
 
 # ------------------------------------------------------------------ entry point
 
-# Run the cluster. Argument: interactive (hold until walltime) or production (PROGRAM).
+# Run the cluster. Argument: interactive (hold until walltime), production (PROGRAM), or
+# workers (add this job's workers to another job's cluster: grow.sh).
 dpk::main() {
   DPK_MODE=${1:-}
-  [[ $DPK_MODE == interactive || $DPK_MODE == production ]] ||
-    dpk::die "dpk::main needs interactive or production, not '$DPK_MODE'"
+  [[ $DPK_MODE =~ ^(interactive|production|workers)$ ]] ||
+    dpk::die "dpk::main needs interactive, production or workers, not '$DPK_MODE'"
   dpk::now_us DPK_STARTED_US
   DPK_T_PID=() DPK_HELPER_PIDS=() DPK_JUPYTER_PID=""
   trap 'dpk::on_signal TERM' TERM
@@ -718,12 +751,21 @@ dpk::main() {
   dpk::check_knobs
   dpk::prepare
   trap dpk::teardown EXIT
+  local status=0
+  if [[ $DPK_MODE == workers ]]; then
+    dpk::join
+    dpk::read_job
+    dpk::start_added_workers
+    dpk::wait_ready
+    dpk::announce_added
+    dpk::hold_added || status=$?
+    exit "$status"
+  fi
   dpk::read_job
   dpk::start_cluster
   dpk::wait_ready
   dpk::announce
   dpk::start_jupyter
-  local status=0
   if [[ $DPK_MODE == production ]]; then
     dpk::run_program || status=$?
   else
