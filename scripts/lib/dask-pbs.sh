@@ -509,6 +509,7 @@ dpk::hold() {
       dpk::log "JupyterLab has ended (File > Shut Down): ending the job"
       return 0
     fi
+    dpk::count_workers
     dpk::nap 1
   done
   if [[ -e $DPK_F_CLOSED ]]; then
@@ -517,6 +518,20 @@ dpk::hold() {
   fi
   dpk::warn "the scheduler died (see $LOG_DIR/scheduler-$DPK_P_SCHED_CHUNK.log)"
   return 1
+}
+
+# Say so when the cluster's roll changes (workers of worker jobs joining or leaving, or a
+# worker lost): "the cluster has 5 workers (3 from worker jobs: 3 of job 1235)", in the job's
+# output and job.log. Reads the roll without a fork; asks the helper only on a change.
+# Reads and sets DPK_ROLL_SEEN (the roll as last seen).
+dpk::count_workers() {
+  local roll count
+  dpk::read_file roll "$DPK_F_ROLL"
+  [[ $roll != "${DPK_ROLL_SEEN-$roll}" ]] || { DPK_ROLL_SEEN=$roll; return 0; }
+  DPK_ROLL_SEEN=$roll
+  count=$("$DPK_PYTHON" "$DPK_KIT_DIR/helpers/dashboard_url.py" "$DPK_F_JOB_SCHEDULER" --workers 2>/dev/null) ||
+    return 0
+  dpk::log "the cluster has $count"
 }
 
 # Production mode: run PROGRAM from the submit folder; the job waits for the program itself

@@ -98,6 +98,10 @@ PY
   [ "$output" = "1 worker (none from worker jobs)" ]
   qdel "$CLUSTER_JOB"
   wait "$CLUSTER_QSUB_PID"
+  # The cluster job said when the worker job's workers came and went.
+  run job_output dask-cluster-path
+  [[ $output =~ the\ cluster\ has\ 3\ workers\ \(2\ from\ worker\ jobs:\ 2\ of\ job\ [0-9]+\) ]]
+  [[ $output == *"the cluster has 1 worker (none from worker jobs)"* ]]
   assert_no_job_processes
 }
 
