@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 KIT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
 PY = sys.executable
 DASK = str(Path(PY).with_name("dask"))
 FAKE_PATH = f"{KIT}/tests/fakepbs/bin:/usr/bin:/bin"
@@ -99,31 +100,63 @@ def stop_all(procs: list) -> None:
             p.wait()
 
 
-def floor_run(nodes: int, nworkers: int) -> tuple:
-    """The same scheduler and workers (same TLS, threads, memory limit) started directly,
-    to all registered; then stopped directly, workers first: (ready s, teardown s)."""
-    from distributed import Client, Security
+PRELOAD = KIT / "scripts" / "lib" / "scheduler_preload.py"
+# What scripts/lib/task.sh execs on a node: the Dask process in the Python of `dask`.
+LAUNCH = [PY, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from dask_pbs_kit.dask_start import main; main()",
+          str(KIT / "helpers")]
+WORKER_MEMORY = 966367642  # the kit's share for one process of a chunk with 1 GiB per process
 
+
+def task_command(settings: dict, dask_args: list) -> list:
+    return LAUNCH + [f"{k}={v}" for k, v in dict(settings, script=DASK).items()] + ["--"] + dask_args
+
+
+def worker_env(omp: int = 1) -> dict:
+    """What task.sh exports for a worker before it execs the Dask process."""
+    return {"OMP_NUM_THREADS": str(omp), "MKL_NUM_THREADS": str(omp), "OPENBLAS_NUM_THREADS": str(omp),
+            "MALLOC_TRIM_THRESHOLD_": "65536",
+            "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON": f"{{'MALLOC_TRIM_THRESHOLD_': 65536, 'OMP_NUM_THREADS': "
+                                                          f"{omp}, 'MKL_NUM_THREADS': {omp}, 'OPENBLAS_NUM_THREADS': {omp}}}"}
+
+
+def roll_count(path: Path) -> int:
+    try:
+        return len(path.read_text().split())
+    except OSError:
+        return 0
+
+
+def floor_run(nodes: int, nworkers: int) -> tuple:
+    """The same scheduler and workers, started directly as task.sh execs them on a node
+    (helpers/dask_pbs_kit/dask_start.py: the same TLS, threads, memory limit, forkserver,
+    dashboards, the kit's plugin), with no PBS, pbsdsh, job script or helper run; to every
+    worker on the scheduler's roll (what the kit's job waits for); then stopped directly,
+    workers first: (ready s, teardown s)."""
     tmp = Path(tempfile.mkdtemp())
     subprocess.run([PY, str(KIT / "helpers/kit.py"), "tls", str(tmp / "tls")], check=True)
-    env = dict(os.environ, **tls_env(tmp / "tls"))
-    sched = tmp / "s.json"
-    security = Security(tls_ca_file=f"{tmp}/tls/ca.pem", tls_client_cert=f"{tmp}/tls/client.pem",
-                        tls_client_key=f"{tmp}/tls/client.key", require_encryption=True)
-    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    env = dict(os.environ, **tls_env(tmp / "tls"), DASK_PBS_KIT_ROLL=str(tmp / "workers.txt"),
+               DASK_PBS_KIT_CLOSED=str(tmp / "scheduler.closed"), TMPDIR=str(tmp))
+    sched = tmp / "scheduler.json"
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp)
     start = time.perf_counter()
-    scheduler = subprocess.Popen([DASK, "scheduler", "--scheduler-file", str(sched), "--port", "0",
-                                  "--interface", "lo", "--protocol", "tls"], **quiet)
-    workers = [subprocess.Popen([DASK, "worker", "--scheduler-file", str(sched), "--nworkers", str(nworkers),
-                                 "--nthreads", "1", "--memory-limit", "900MiB", "--interface", "lo",
-                                 "--protocol", "tls", "--local-directory", str(tmp)], **quiet)
-               for _ in range(1, nodes)]
+    scheduler = subprocess.Popen(task_command(
+        {"role": "scheduler", "node": "node00", "log": tmp / "scheduler-0.log"},
+        ["--scheduler-file", str(sched), "--port", "0", "--interface", "lo", "--protocol", "tls",
+         "--preload", str(PRELOAD), "--dashboard-address", ":0"]), env=env, **quiet)
+    workers = [subprocess.Popen(task_command(
+        {"role": "worker", "node": f"node{i:02d}", "log": tmp / f"worker-{i}.log", "memory": WORKER_MEMORY,
+         "host_procs": nworkers},
+        ["--scheduler-file", str(sched), "--name", f"chunk-{i}", "--nworkers", str(nworkers), "--nthreads", "1",
+         "--interface", "lo", "--protocol", "tls", "--local-directory", str(tmp)]),
+        env=dict(env, **worker_env()), **quiet) for i in range(1, nodes)]
     try:
-        while not sched.exists():
-            time.sleep(0.01)
-        with Client(scheduler_file=str(sched), security=security, timeout=120) as client:
-            client.wait_for_workers((nodes - 1) * nworkers, timeout=600)
-            ready = time.perf_counter() - start
+        deadline = time.monotonic() + 600
+        while roll_count(tmp / "workers.txt") < (nodes - 1) * nworkers:
+            if time.monotonic() > deadline:
+                sys.exit(f"bench: the floor's workers did not all register in 600 s (logs in {tmp})")
+            time.sleep(0.005)
+        ready = time.perf_counter() - start
+        (tmp / "cluster-info.txt").write_text("ready\n")  # as the job's: the workers' dashboards follow
         start = time.perf_counter()
         stop_all(workers)
         stop_all([scheduler])
@@ -134,31 +167,79 @@ def floor_run(nodes: int, nworkers: int) -> tuple:
     return ready, teardown
 
 
-def kit_run(nodes: int, nworkers: int) -> tuple:
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+
+
+def cpu_cgroup():
+    """A fresh cpuacct cgroup (v1) for one job, or None where one cannot be made (no root,
+    cgroup v2 only): the job's CPU seconds are then not measured."""
+    folder = CPUACCT / f"dask-pbs-bench.{os.getpid()}.{time.monotonic_ns()}"
+    try:
+        folder.mkdir()
+    except OSError:
+        return None
+    return folder
+
+
+def enter_cgroup(folder):
+    """A preexec_fn that puts the child (qsub, hence the whole fake job) in folder."""
+    def enter():
+        if folder is not None:
+            with open(folder / "cgroup.procs", "w") as fh:
+                fh.write("0")
+    return enter
+
+
+def drop_cgroup(folder) -> None:
+    """Remove the job's cgroup: a process still in it (left by the job) is killed first."""
+    if folder is None:
+        return
+    for _ in range(50):
+        try:
+            folder.rmdir()
+            return
+        except OSError:
+            for pid in (folder / "cgroup.procs").read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+
+
+def kit_run(nodes: int, nworkers: int, extra_vars: str = "") -> tuple:
     """One production job on the fake PBS with the kit's defaults (TLS), whose PROGRAM only
     notes when it ends: (ready s, teardown s, program end to qsub -W block=true
-    returning s, processes left after the job)."""
+    returning s, processes left after the job, its start's phases: phases.job_phases)."""
+    import phases
+
     tmp = Path(tempfile.mkdtemp())
     home = tmp / "pbs"
     env = dict(os.environ, PATH=FAKE_PATH, FAKEPBS_HOME=str(home))
     mem = max(1, nworkers)  # GiB per chunk: 0.9 GiB per worker process
-    subprocess.run(["qsub", "-W", "block=true", "-N", "bench", "-l", f"select={nodes}:ncpus={nworkers}:mem={mem}gb",
-                    "-v", f"DASK_PBS_KIT={KIT},PYTHON_PREFIX={Path(PY).parent.parent},INTERFACE=lo,"
-                          f"NWORKERS={nworkers},NTHREADS=1,READY_TIMEOUT=600,"
-                          f"PROGRAM=python3 {KIT}/bench/stamp.py {tmp}/end",
-                    str(KIT / "scripts/launch-dask-wordcount.pbs")], cwd=tmp, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
-    job_end = time.time()
+    cgroup = cpu_cgroup()
+    try:
+        subprocess.run(["qsub", "-W", "block=true", "-N", "bench", "-l", f"select={nodes}:ncpus={nworkers}:mem={mem}gb",
+                        "-v", f"DASK_PBS_KIT={KIT},PYTHON_PREFIX={Path(PY).parent.parent},"
+                              f"NWORKERS={nworkers},NTHREADS=1,READY_TIMEOUT=600{extra_vars},"
+                              f"PROGRAM=python3 {BENCH}/stamp.py {tmp}/end {tmp}/dask-logs",
+                        str(KIT / "scripts/launch-dask-wordcount.pbs")], cwd=tmp, env=env, check=True,
+                       stdout=subprocess.DEVNULL, preexec_fn=enter_cgroup(cgroup))
+        job_end = time.time()
+        left = len(job_processes(home))
+    finally:
+        drop_cgroup(cgroup)
     out = next(tmp.glob("bench.o*")).read_text()
-    left = len(job_processes(home))
     try:
         ready = float(re.search(r"cluster ready in ([0-9.]+) s", out).group(1))
         teardown = float(re.search(r"cluster stopped ([0-9.]+) s after the program ended", out).group(1))
         until_end = job_end - float((tmp / "end").read_text())
-    except (AttributeError, OSError):
+        noted = json.loads((tmp / "end.json").read_text())
+        start = phases.job_phases(next((tmp / "dask-logs").iterdir()), next((home / "jobs").iterdir()), noted)
+    except (AttributeError, OSError, StopIteration, ValueError):
         sys.exit(f"bench: the kit's job failed:\n{out}")
     shutil.rmtree(tmp, ignore_errors=True)
-    return ready, teardown, until_end, left
+    return ready, teardown, until_end, left, start
 
 
 def peer_run(nodes: int, nworkers: int, timeout: float = 300) -> float | str:

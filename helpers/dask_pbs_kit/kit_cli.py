@@ -134,6 +134,7 @@ MODULE_COMMANDS = {
     "banner": "banner",         # the lines that say where the cluster is and how to reach it
     "interface": "netif",       # INTERFACE=auto: this node's interface for Dask
     "host-memory": "host_memory",  # a worker's --memory-limit on its own host (cgroup, RAM)
+    "task-setup": "dask_start",  # both of the above in one call (task.sh, when dask's Python is unknown)
     "gpu": "gpus",              # a GPU worker's device on its host, and its worker command
     "jupyter-prepare": "jupyter:prepare_cli",  # JUPYTER=yes: the job's private Jupyter folder
     "jupyter-wait": "jupyter:wait_cli",        # ... until JupyterLab answers; its banner lines

@@ -4,8 +4,12 @@
 # PBS starts a task with a stripped environment (PATH=/bin:/usr/bin), cwd $HOME and no
 # shell. This script puts the job script's environment back (env.sh leaves alone what PBS
 # and the site's hooks set on this host: TMPDIR, CUDA_VISIBLE_DEVICES, ...), checks the
-# node, picks the interface and the memory limit this host allows, and execs the Dask
-# process: PBS kills a task's session when its top process exits.
+# node, and execs the Dask process (PBS kills a task's session when its top process
+# exits) in the Python of the job's `dask` command, through helpers/dask_pbs_kit/dask_start.py:
+# there, in one Python start, the interface (INTERFACE=auto) and the memory limit this host
+# allows are chosen and a worker's forkserver starts at once (see that file). Where that
+# Python cannot be told from the `dask` script's first lines, one helper call
+# (kit.py task-setup) chooses them and `dask` runs as a command.
 #
 # Usage: task.sh NAME=VALUE... -- [DASK ARGS...]
 #   role=scheduler|worker  env=ENV_FILE  log=LOG  pid=PID_FILE  node=NODE  kit=KIT_DIR
@@ -15,6 +19,7 @@
 # Exit status: 2 usage; 3 no usable interface; 4 environment or certificates unreadable;
 # 7 too little memory; 127 no dask command.
 set -uo pipefail
+started=${EPOCHREALTIME:-}  # bash 5: the task's line says how long its start took
 
 role="" env="" log=/dev/null pid="" node="?" kit="" python=python3 interface="" iface=""
 first="" scheduler_file="" timeout=120 tls="" omp=1 memory=auto host_procs=1 reserve_ppm=0
@@ -33,10 +38,45 @@ while [[ $# -gt 0 && $1 != -- ]]; do
   shift
 done
 shift # --
+[[ $role == scheduler || $role == worker ]] || {
+  printf "dask-pbs: task.sh: unknown role '%s'\n" "$role" >&2
+  exit 2
+}
 
 fail() { # <status> <message>: to the job's stderr and to the task's log
   printf 'dask-pbs: %s\n' "$2" | tee -a "$log" >&2
   exit "$1"
+}
+
+# The Python that runs the `dask` script $1, from its first lines (no fork): #!/path/python,
+# #!/usr/bin/env python3, or pip's /bin/sh trampoline for a path too long for #!. Sets
+# dask_python (empty when it cannot be told: a wrapper of some other kind).
+find_dask_python() {
+  local line1="" line2="" word rest
+  dask_python=""
+  { IFS= read -r line1 && IFS= read -r line2; } 2>/dev/null <"$1"
+  line1=${line1%$'\r'} line2=${line2%$'\r'}
+  case $line1 in
+    '#!/bin/sh')
+      [[ $line2 == "'''exec' "* ]] || return 0
+      rest=${line2#"'''exec' "}
+      if [[ $rest == \"* ]]; then
+        rest=${rest#\"} dask_python=${rest%%\"*}
+      else
+        dask_python=${rest%% *}
+      fi
+      ;;
+    '#!'*)
+      read -r word rest <<<"${line1#\#!}"
+      if [[ ${word##*/} == env ]]; then
+        read -r word _ <<<"$rest"
+        hash "$word" 2>/dev/null && dask_python=${BASH_CMDS[$word]:-}
+      else
+        dask_python=$word
+      fi
+      ;;
+  esac
+  [[ ${dask_python##*/} == python* && -x $dask_python ]] || dask_python=""
 }
 
 # env.sh exports what the job script set; what PBS gave this task itself stays (TMPDIR is
@@ -45,40 +85,21 @@ fail() { # <status> <message>: to the job's stderr and to the task's log
 source "$env" 2>/dev/null ||
   fail 4 "cannot read the job environment $env on node $node (is the submit folder on a file system shared with the compute nodes?)"
 export TMPDIR=${TMPDIR:-/tmp}
-command -v dask >/dev/null ||
+hash dask 2>/dev/null ||
   fail 127 "no 'dask' command on node $node with the job's PATH ($PATH): install dask and distributed in the environment the template activates"
+dask_script=${BASH_CMDS[dask]}
 
-# The interface: a name must exist here; auto asks the helper, which writes its choice.
-how=""
+# An interface given by name must exist here (auto is chosen further down).
 case $interface in
-  "") ;;
-  auto)
-    choice_args=(--first-node "$first")
-    # The scheduler writes the file it would wait for: only workers may wait for it.
-    [[ $role == worker ]] && choice_args+=(--scheduler-file "$scheduler_file" --wait "$timeout")
-    choice=$("$python" "$kit/helpers/kit.py" interface "${choice_args[@]}" 2>&1) ||
-      fail 3 "node $node: ${choice#dask-pbs: }"
-    read -r interface address how_chosen <<<"$choice"
-    printf '%s %s %s %s\n' "$node" "$interface" "$address" "$how_chosen" >"$iface"
-    how=", interface $interface $address ($how_chosen, INTERFACE=auto)"
-    ;;
+  "" | auto) ;;
   *)
     if [[ ! -e /sys/class/net/$interface ]]; then
       available=$(ls /sys/class/net 2>/dev/null | tr '\n' ' ')
       fail 3 "interface '$interface' does not exist on node $node (it has: ${available% }); set INTERFACE to one of them, INTERFACE=auto, or INTERFACE= for Dask's default"
     fi
+    set -- --interface "$interface" "$@"
     ;;
 esac
-[[ -n $interface ]] && set -- --interface "$interface" "$@"
-
-# A worker's memory limit: its share of the chunk, never more than this host grants.
-if [[ $role == worker ]]; then
-  limit=$("$python" "$kit/helpers/kit.py" host-memory --memory "$memory" --host-procs "$host_procs" \
-    --reserve-ppm "$reserve_ppm" --reserve-bytes "$reserve_bytes" 2>&1) ||
-    fail 7 "node $node: ${limit#dask-pbs: }"
-  how+=", memory limit ${limit%%$'\t'*} bytes per process (${limit#*$'\t'})"
-  set -- --memory-limit "${limit%%$'\t'*}" "$@"
-fi
 
 if [[ -n $tls ]]; then
   [[ -r $tls/ca.pem && -r $tls/cluster.key ]] ||
@@ -94,21 +115,68 @@ if [[ -n $tls ]]; then
   set -- --protocol tls "$@"
 fi
 
+if [[ $role == worker ]]; then
+  # What the nanny sets before it spawns each worker process (its pre-spawn environment):
+  # set here, before the Python starts, they also hold in a forkserver's forks (and,
+  # harmlessly, in the nanny). The user's thread count is kept.
+  export OMP_NUM_THREADS=$omp MKL_NUM_THREADS=$omp OPENBLAS_NUM_THREADS=$omp MALLOC_TRIM_THRESHOLD_=65536
+  export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="{'MALLOC_TRIM_THRESHOLD_': 65536, 'OMP_NUM_THREADS': $omp, 'MKL_NUM_THREADS': $omp, 'OPENBLAS_NUM_THREADS': $omp}"
+  set -- --local-directory "$TMPDIR" "$@"
+fi
+
 cd "${PBS_O_WORKDIR:-$HOME}" || fail 4 "cannot enter the submit folder $PBS_O_WORKDIR on node $node"
 echo "$$" >"$pid"
+
+find_dask_python "$dask_script"
+if [[ -n $dask_python ]]; then
+  # shellcheck disable=SC2016 # Python code, not shell
+  exec "$dask_python" -c 'import sys; sys.path.insert(0, sys.argv[1]); from dask_pbs_kit.dask_start import main; main()' \
+    "$kit/helpers" role="$role" node="$node" log="$log" iface="$iface" interface="$interface" \
+    first="$first" scheduler_file="$scheduler_file" timeout="$timeout" memory="$memory" \
+    host_procs="$host_procs" reserve_ppm="$reserve_ppm" reserve_bytes="$reserve_bytes" \
+    started="$started" script="$dask_script" -- "$@"
+fi
+
+# The other path: one helper call for the interface (auto) and a worker's memory limit.
+how=""
+if [[ $interface == auto || $role == worker ]]; then
+  facts=$("$python" "$kit/helpers/kit.py" task-setup role="$role" node="$node" interface="$interface" \
+    first="$first" scheduler_file="$scheduler_file" timeout="$timeout" memory="$memory" \
+    host_procs="$host_procs" reserve_ppm="$reserve_ppm" reserve_bytes="$reserve_bytes" 2>&1) || {
+    status=$?
+    [[ $status -eq 11 ]] && fail 3 "node $node: ${facts#dask-pbs: }"
+    fail 7 "node $node: ${facts#dask-pbs: }"
+  }
+  while IFS= read -r line; do
+    case $line in
+      "interface "*)
+        read -r _ interface address how_chosen <<<"$line"
+        printf '%s %s %s %s\n' "$node" "$interface" "$address" "$how_chosen" >"$iface"
+        how+=", interface $interface $address ($how_chosen, INTERFACE=auto)"
+        set -- --interface "$interface" "$@"
+        ;;
+      "memory "*)
+        limit=${line#memory }
+        how+=", memory limit ${limit%%$'\t'*} bytes per process (${limit#*$'\t'})"
+        set -- --memory-limit "${limit%%$'\t'*}" "$@"
+        ;;
+    esac
+  done <<<"$facts"
+fi
+
 exec >>"$log" 2>&1
-echo "dask-pbs: $role on node $node (pid $$, TMPDIR $TMPDIR$how) at $(date '+%F %T')"
-case $role in
-  scheduler)
-    exec dask scheduler "$@"
-    ;;
-  worker)
-    export OMP_NUM_THREADS=$omp
-    # The nanny resets these in each worker process; keep the user's thread count.
-    export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="{'MALLOC_TRIM_THRESHOLD_': 65536, 'OMP_NUM_THREADS': $omp, 'MKL_NUM_THREADS': $omp, 'OPENBLAS_NUM_THREADS': $omp}"
-    exec dask worker --local-directory "$TMPDIR" "$@"
-    ;;
-  *)
-    fail 2 "task.sh: unknown role '$role'"
-    ;;
-esac
+# When (to the millisecond, as Dask's own lines) and how long after this script began:
+# the start's first phase in the bench's breakdown. No fork: printf's clock.
+now=${EPOCHREALTIME:-}
+took=""
+if [[ -n $started && -n $now ]]; then
+  now=${now/,/.} started=${started/,/.}  # the job's locale may write 1,5
+  us=$((10#${now%.*} * 1000000 + 10#${now#*.} - 10#${started%.*} * 1000000 - 10#${started#*.}))
+  printf -v took ' (%d.%03d s after task.sh began)' "$((us / 1000000))" "$((us % 1000000 / 1000))"
+  printf -v now '%(%F %T)T.%s' "${now%.*}" "${now#*.}"
+  now=${now:0:23}
+else
+  printf -v now '%(%F %T)T' -1
+fi
+echo "dask-pbs: $role on node $node (pid $$, TMPDIR $TMPDIR$how) at $now$took"
+exec dask "$role" "$@"

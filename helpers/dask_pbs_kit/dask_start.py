@@ -1,0 +1,356 @@
+"""How a pbsdsh task starts its Dask process: the node's checks and Dask in one Python.
+
+scripts/lib/task.sh execs `main()` in the Python of the job's `dask` command (the
+interpreter its script names) where it would have run `dask scheduler|worker ARGS`:
+
+    PYTHON -c 'import sys; sys.path.insert(0, sys.argv[1]); from dask_pbs_kit.dask_start import main; main()' \\
+        KIT/helpers NAME=VALUE... -- DASK ARGS...
+
+In that one process, in this order:
+  1. its output goes to the task's log (the job's stderr is kept for a failure's message);
+  2. a worker whose nanny starts worker processes with multiprocessing's forkserver (the kit
+     sets distributed.worker.multiprocessing-method to forkserver unless the job's
+     environment says otherwise): the forkserver starts at once, preloading distributed
+     (and, for several processes per chunk, the worker's dashboard modules), so that it
+     imports them while this process imports the nanny's; each worker process is then a
+     fork of it (milliseconds), where spawn starts a fresh interpreter that imports them
+     again, once per process (--nworkers N: N times). A worker of one process per chunk
+     adds its dashboard once the cluster is ready instead (hold_back_worker_dashboard);
+  3. what `kit.py interface` (INTERFACE=auto) and `kit.py host-memory` (a worker's memory
+     limit) compute, without a Python start of their own: --interface and --memory-limit
+     are added to the Dask arguments, the choice written to the iface file;
+  4. the task's line in its log (what runs where, and when), then distributed's own
+     `dask scheduler` or `dask worker` command; the scheduler's dashboard is added by the
+     kit's plugin as soon as it listens (hold_back_dashboard). The dashboards' bokeh
+     modules cost a process as much CPU as distributed's own, before it can serve: see
+     scripts/lib/scheduler_preload.py.
+Exit statuses as task.sh's: 2 usage, 3 no interface, 7 too little memory.
+
+`kit.py task-setup` (cli below) computes steps 3 in one helper call for task.sh's other
+path (a `dask` command whose Python cannot be told from its first lines).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from . import args
+from .errors import BAD_VALUE, NO_INTERFACE, USAGE, KitError
+
+SETTINGS = ("role", "node", "log", "iface", "interface", "first", "scheduler_file", "timeout",
+            "memory", "host_procs", "reserve_ppm", "reserve_bytes", "started", "script")
+METHOD_VARIABLE = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
+# What a worker process imports as it starts, beyond `import distributed`: its dashboard
+# (bokeh: as long again as distributed itself) and its HTTP routes. A module that is not
+# installed is skipped by the forkserver (ImportError).
+WORKER_DASHBOARD = ["distributed.dashboard.worker"]
+WORKER_ROUTES = ["distributed.http.worker.prometheus.core", "distributed.http.health",
+                 "distributed.http.statics"]
+STATUS = {NO_INTERFACE: 3, BAD_VALUE: 7, USAGE: 2}  # KitError code -> task.sh's exit status
+
+
+def parse(argv: list) -> tuple:
+    """({setting: value}, [dask args]) from NAME=VALUE... -- ARGS."""
+    settings: dict = {}
+    for i, word in enumerate(argv):
+        if word == "--":
+            return settings, argv[i + 1:]
+        name, eq, value = word.partition("=")
+        if not eq or name not in SETTINGS:
+            raise KitError(f"dask_start: unknown setting {word!r}", USAGE)
+        settings[name] = value
+    raise KitError("dask_start: no -- before the Dask arguments", USAGE)
+
+
+def preload_modules(dask_args: list) -> list:
+    """What the worker processes' forkserver imports before it forks them."""
+    modules = ["distributed"] + WORKER_ROUTES
+    if "--no-dashboard" not in dask_args:
+        modules += WORKER_DASHBOARD
+    return modules
+
+
+def uses_forkserver(role: str, dask_args: list, environ=os.environ) -> bool:
+    """A worker with a nanny whose multiprocessing method is forkserver."""
+    return (role == "worker" and "--no-nanny" not in dask_args
+            and environ.get(METHOD_VARIABLE, "forkserver").strip().lower() == "forkserver")
+
+
+SUN_PATH = 107  # the longest path of a unix socket (Linux's sun_path less its NUL)
+SOCKET_NAMES = len("/pymp-xxxxxxxx/listener-xxxxxxxx")  # multiprocessing's, under the temp folder
+
+
+def socket_folder(candidates=("/tmp", "/dev/shm", "/var/tmp")) -> None:
+    """The forkserver listens on a unix socket in multiprocessing's temp folder, under
+    TMPDIR: a job's TMPDIR can be too long for one (/scratch/.../pbs.1234.server.example.org/
+    ...: "AF_UNIX path too long"). Then make that folder in the first short, writable one of
+    candidates (this process's only: Dask's own files stay in TMPDIR). Raises OSError if none."""
+    import multiprocessing.util
+    import tempfile
+
+    if len(tempfile.gettempdir()) + SOCKET_NAMES <= SUN_PATH:
+        return
+    for folder in candidates:
+        if os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK) and len(folder) + SOCKET_NAMES <= SUN_PATH:
+            saved, tempfile.tempdir = tempfile.tempdir, folder
+            try:
+                multiprocessing.util.get_temp_dir()
+            finally:
+                tempfile.tempdir = saved
+            return
+    raise OSError(f"TMPDIR {tempfile.gettempdir()} is too long a path for the forkserver's socket, and "
+                  f"none of {', '.join(candidates)} can take it")
+
+
+def start_forkserver(modules: list) -> None:
+    """Start multiprocessing's forkserver now, preloading modules (it imports them while we
+    go on). distributed's nanny then finds it running and only asks it for forks. Raises
+    OSError when it cannot start."""
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    socket_folder()
+    multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
+    # The forkserver is a `python -c` whose sys.path starts with its current folder, and it
+    # imports its preload before it would take ours (Python 3.11 never takes it): started
+    # from the submit folder, a user's tornado.py there would stand in for tornado's in
+    # every worker. Its children go back to this folder and this sys.path themselves.
+    here = os.getcwd()
+    os.chdir("/")
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        os.chdir(here)
+
+
+def hold_back_dashboard(dask_args: list, environ=os.environ) -> list:
+    """A scheduler with the kit's plugin and a dashboard: start it with --no-dashboard (its
+    HTTP server still listens at --dashboard-address) and let the plugin add the dashboard
+    in a thread once it listens (scripts/lib/scheduler_preload.py): bokeh's pages cost the
+    scheduler as much CPU as distributed itself, before it could listen; the roll waits
+    for them, so the job announces a dashboard that answers. Returns the arguments to use;
+    sets what the plugin reads."""
+    if ("--no-dashboard" in dask_args or "--dashboard" in dask_args
+            or not any(a.endswith("scheduler_preload.py") for a in dask_args)):
+        return dask_args
+    environ["DASK_PBS_KIT_DASHBOARD"] = "later"
+    environ["DASK_PBS_KIT_DASHBOARD_PREFIX"] = dashboard_prefix(dask_args)
+    return ["--no-dashboard"] + dask_args
+
+
+def nworkers(dask_args: list) -> str:
+    """The --nworkers (or --nprocs) value of dask worker's arguments, "1" when absent."""
+    value = "1"
+    for i, word in enumerate(dask_args):
+        name, eq, inline = word.partition("=")
+        if name in ("--nworkers", "--nprocs"):
+            value = inline if eq else (dask_args[i + 1] if i + 1 < len(dask_args) else value)
+    return value
+
+
+def dashboard_prefix(dask_args: list) -> str:
+    prefix = ""
+    for i, word in enumerate(dask_args):
+        if word == "--dashboard-prefix" and i + 1 < len(dask_args):
+            prefix = dask_args[i + 1]
+        elif word.startswith("--dashboard-prefix="):
+            prefix = word.partition("=")[2]
+    return prefix
+
+
+def hold_back_worker_dashboard(dask_args: list, preload: str, forkserver: bool,
+                               environ=os.environ) -> list:
+    """A worker's dashboard (bokeh: as much to import as distributed) comes once the cluster
+    is ready: it starts with --no-dashboard and the kit's preload, which adds the pages when
+    the scheduler's plugin says so (scripts/lib/scheduler_preload.py). Not when a forkserver
+    imports them once for several processes of the chunk, nor when the user chose
+    (--no-dashboard, --dashboard). Returns the arguments to use; sets what the preload reads."""
+    if ("--no-dashboard" in dask_args or "--dashboard" in dask_args or not os.path.exists(preload)
+            or (forkserver and nworkers(dask_args) != "1")):
+        return dask_args
+    environ["DASK_PBS_KIT_WORKER_DASHBOARD"] = "later"
+    environ["DASK_PBS_KIT_DASHBOARD_PREFIX"] = dashboard_prefix(dask_args)
+    return ["--no-dashboard", "--preload", preload] + dask_args
+
+
+def skip_parent_preload() -> None:
+    """distributed's get_mp_context() imports numpy, pandas and lz4 in the nanny process itself
+    before it gives the forkserver its preload list, which comes too late here (the
+    forkserver runs already): skip that, where this distributed has the flag for it."""
+    import distributed.utils
+
+    if hasattr(distributed.utils, "_forkserver_preload_set"):
+        distributed.utils._forkserver_preload_set = True
+
+
+def node_facts(settings: dict) -> tuple:
+    """((interface name, address, how chosen) or None, (memory limit, why) or None) for the
+    task's settings: INTERFACE=auto's choice, and a worker's memory limit on this host.
+    A worker may wait (timeout) for the scheduler file to find the first node. Raises
+    KitError (NO_INTERFACE, BAD_VALUE)."""
+    chosen = limit = None
+    role = settings.get("role")
+    if settings.get("interface") == "auto":
+        from . import netif
+
+        wait = role == "worker"
+        iface, how = netif.detect(settings.get("first", ""),
+                                  settings.get("scheduler_file", "") if wait else "",
+                                  args.number(settings.get("timeout", "120"), "timeout") if wait else 0.0)
+        chosen = (iface.name, iface.address, how)
+    if role == "worker":
+        limit = memory_limit(settings)
+    return chosen, limit
+
+
+def setup(settings: dict, dask_args: list) -> tuple:
+    """(dask args with --interface/--memory-limit added, what to say of them in the task's
+    line, the iface file's line or None). Raises KitError (NO_INTERFACE, BAD_VALUE)."""
+    chosen, limit = node_facts(settings)
+    how = ""
+    choice = None
+    if chosen:
+        name, address, why = chosen
+        choice = f"{settings.get('node', '?')} {name} {address} {why}"
+        how = f", interface {name} {address} ({why}, INTERFACE=auto)"
+        dask_args = ["--interface", name] + dask_args
+    if limit:
+        how += f", memory limit {limit[0]} bytes per process ({limit[1]})"
+        dask_args = ["--memory-limit", str(limit[0])] + dask_args
+    return dask_args, how, choice
+
+
+def memory_limit(settings: dict) -> tuple:
+    """(bytes, why): host_memory's limit for this worker task's settings."""
+    from . import host_memory
+
+    numbers = {}
+    for name in ("host_procs", "reserve_ppm", "reserve_bytes"):
+        text = settings.get(name, "1" if name == "host_procs" else "0")
+        if not text.isdigit():
+            raise KitError(f"{name} must be a whole number, not {text!r}", BAD_VALUE)
+        numbers[name] = int(text)
+    memory = settings.get("memory", "auto")
+    if memory != "auto" and not memory.isdigit():
+        raise KitError(f"memory must be bytes or auto, not {memory!r}", BAD_VALUE)
+    return host_memory.worker_limit(None if memory == "auto" else int(memory), numbers["host_procs"],
+                                    numbers["reserve_ppm"], numbers["reserve_bytes"],
+                                    host_memory.cgroup_limit(), host_memory.ram())
+
+
+def task_line(settings: dict, how: str, now: float) -> str:
+    """The first line of a task's log: what runs where, and when (to the millisecond, as
+    Dask's own lines; with how long after task.sh's start)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+    took = ""
+    started = settings.get("started", "").replace(",", ".")
+    try:
+        took = f" ({max(0.0, now - float(started)):.3f} s after task.sh began)"
+    except ValueError:
+        pass
+    return (f"dask-pbs: {settings.get('role')} on node {settings.get('node', '?')} (pid {os.getpid()}, "
+            f"TMPDIR {os.environ.get('TMPDIR', '')}{how}) at {stamp}{took}")
+
+
+def fix_sys_path(helpers: str, script: str) -> None:
+    """Leave sys.path as the `dask` script would have it: without the helpers folder that
+    task.sh's one line put first (user code must not see it; a PYTHONPATH entry stays), and
+    with the script's folder where `python -c` put the current one."""
+    if sys.path[:1] == [helpers]:
+        del sys.path[0]
+    if sys.path[:1] == [""]:
+        if script:
+            sys.path[0] = os.path.dirname(os.path.abspath(script))
+        else:
+            del sys.path[0]
+
+
+def run_dask(role: str, dask_args: list) -> None:
+    """distributed's own command (what `dask scheduler|worker` runs), in this process."""
+    if role == "worker":
+        from distributed.cli import dask_worker as command
+    else:
+        from distributed.cli import dask_scheduler as command
+    sys.argv = [f"dask {role}"] + dask_args
+    command.main()
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    helpers, rest = argv[0], argv[1:]
+    try:
+        settings, dask_args = parse(rest)
+    except KitError as exc:
+        print(f"dask-pbs: {exc}", file=sys.stderr)
+        sys.exit(exc.code)
+    fix_sys_path(helpers, settings.get("script", ""))
+    role = settings.get("role", "")
+    # Everything from here on goes to the task's log, as `exec >>LOG 2>&1` did: the
+    # forkserver and the worker processes inherit it. The job's stderr stays for failures.
+    job_err = os.dup(2)
+    log_fd = os.open(settings.get("log", "/dev/null"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    forkserver = uses_forkserver(role, dask_args)
+    if role == "worker":
+        dask_args = hold_back_worker_dashboard(
+            dask_args, os.path.join(os.path.dirname(os.path.abspath(helpers)), "scripts", "lib",
+                                    "scheduler_preload.py"), forkserver)
+    if forkserver:
+        os.environ[METHOD_VARIABLE] = "forkserver"
+        try:
+            start_forkserver(preload_modules(dask_args))
+        except OSError as exc:  # the nanny spawns its worker processes instead
+            print(f"dask-pbs: node {settings.get('node', '?')}: the worker processes' forkserver "
+                  f"did not start ({exc}): they start with spawn", flush=True)
+            os.environ[METHOD_VARIABLE] = "spawn"
+            forkserver = False
+    try:
+        dask_args, how, choice = setup(settings, dask_args)
+    except Exception as exc:  # said on the job's stderr and in the task's log, as task.sh's fail
+        what = str(exc) if isinstance(exc, KitError) else f"the kit's checks failed ({type(exc).__name__}: {exc})"
+        message = f"dask-pbs: node {settings.get('node', '?')}: {what}\n"
+        os.write(job_err, message.encode())
+        os.write(2, message.encode())
+        sys.exit(STATUS.get(exc.code, 1) if isinstance(exc, KitError) else 1)
+    if choice and settings.get("iface"):
+        with open(settings["iface"], "w", encoding="utf-8") as fh:
+            fh.write(choice + "\n")
+    os.close(job_err)
+    print(task_line(settings, how, time.time()), flush=True)
+    if forkserver:
+        skip_parent_preload()
+    if role == "scheduler":
+        dask_args = hold_back_dashboard(dask_args)
+    run_dask(role, dask_args)
+
+
+TASK_SETUP_USAGE = """usage: kit.py task-setup role=worker|scheduler [node=NODE] [interface=auto first=FIRST_NODE
+                     [scheduler_file=FILE timeout=SECONDS]] [memory=BYTES|auto host_procs=P
+                     reserve_ppm=N reserve_bytes=N]
+
+What a pbsdsh task needs to know of its node before Dask starts, in one call: with
+interface=auto, a line `interface NAME ADDRESS HOW` (kit.py interface's choice; a worker
+may wait up to SECONDS for FILE); for a worker, a line `memory BYTES<TAB>WHY` (kit.py
+host-memory's limit). exit status: 0, 2 usage, 7 too little memory, 11 no interface"""
+
+
+def cli(argv: list) -> None:
+    """kit.py task-setup: the interface and the memory limit of a task, one line each."""
+    if any(a in ("-h", "--help") for a in argv):
+        raise KitError(TASK_SETUP_USAGE, 0)
+    try:
+        settings, _ = parse(list(argv) + ["--"])
+    except KitError as exc:
+        raise KitError(f"{exc}\n{TASK_SETUP_USAGE}", USAGE) from None
+    if settings.get("role") not in ("worker", "scheduler"):
+        raise KitError(f"role must be worker or scheduler\n{TASK_SETUP_USAGE}", USAGE)
+    chosen, limit = node_facts(settings)
+    if chosen:
+        print("interface " + " ".join(chosen))
+    if limit:
+        print(f"memory {limit[0]}\t{limit[1]}")

@@ -1,0 +1,421 @@
+"""dask_start: a task's Dask process in one Python (the node's checks, a worker's forkserver,
+dashboards once the cluster is ready), and kit.py task-setup (task.sh's other path)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import DASK, KIT
+from dask_pbs_kit import dask_start as ds
+from dask_pbs_kit import kit_cli
+from dask_pbs_kit.errors import BAD_VALUE, USAGE, KitError
+
+KIT_PY = str(KIT / "helpers" / "kit.py")
+PRELOAD = str(KIT / "scripts" / "lib" / "scheduler_preload.py")
+ONE_LINE = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from dask_pbs_kit.dask_start import main; main()")  # task.sh's
+GiB = 1024**3
+
+
+# ------------------------------------------------------------------ pure functions
+
+def test_settings_then_dask_arguments():
+    assert ds.parse(["role=worker", "node=node01", "log=/l/w.log", "--", "--nworkers", "2"]) == (
+        {"role": "worker", "node": "node01", "log": "/l/w.log"}, ["--nworkers", "2"])
+    assert ds.parse(["interface=", "--"]) == ({"interface": ""}, [])
+    for bad in (["colour=blue", "--"], ["role", "--"], ["role=worker"]):
+        with pytest.raises(KitError) as err:
+            ds.parse(bad)
+        assert err.value.code == USAGE
+
+
+@pytest.mark.parametrize("args, environ, expected", [
+    ([], {}, True),
+    ([], {ds.METHOD_VARIABLE: "forkserver"}, True),
+    ([], {ds.METHOD_VARIABLE: "spawn"}, False),   # the user's choice stays
+    ([], {ds.METHOD_VARIABLE: "fork"}, False),
+    (["--no-nanny"], {}, False),                  # no nanny, no worker processes to start
+])
+def test_a_worker_uses_the_forkserver_unless_told_otherwise(args, environ, expected):
+    assert ds.uses_forkserver("worker", args, environ) is expected
+    assert ds.uses_forkserver("scheduler", args, environ) is False
+
+
+def test_the_forkserver_preloads_the_dashboard_only_when_the_workers_start_with_it():
+    assert ds.preload_modules(["--nworkers", "4"])[:1] == ["distributed"]
+    assert "distributed.dashboard.worker" in ds.preload_modules(["--nworkers", "4"])
+    assert "distributed.dashboard.worker" not in ds.preload_modules(["--no-dashboard"])
+
+
+@pytest.mark.parametrize("args, value", [
+    ([], "1"), (["--nworkers", "4"], "4"), (["--nworkers=4"], "4"), (["--nprocs", "2"], "2"),
+    (["--nworkers", "auto"], "auto"), (["--nworkers"], "1")])
+def test_nworkers(args, value):
+    assert ds.nworkers(args) == value
+
+
+def test_one_process_per_chunk_gets_its_dashboard_later_several_share_the_forkservers():
+    environ = {}
+    assert ds.hold_back_worker_dashboard(["--nworkers", "1"], PRELOAD, True, environ) == [
+        "--no-dashboard", "--preload", PRELOAD, "--nworkers", "1"]
+    assert environ == {"DASK_PBS_KIT_WORKER_DASHBOARD": "later", "DASK_PBS_KIT_DASHBOARD_PREFIX": ""}
+    environ = {}
+    for args, forkserver in ((["--nworkers", "4"], True), (["--no-dashboard"], True),
+                             (["--dashboard"], False)):
+        assert ds.hold_back_worker_dashboard(args, PRELOAD, forkserver, environ) == args
+    assert ds.hold_back_worker_dashboard(["--nworkers", "1"], "/no/such/preload.py", True, environ) == [
+        "--nworkers", "1"]
+    assert environ == {}
+    # Spawn imports bokeh in every worker process anyway: later is never worse there.
+    assert ds.hold_back_worker_dashboard(["--nworkers", "4", "--dashboard-prefix", "/p"], PRELOAD, False,
+                                         environ)[:3] == ["--no-dashboard", "--preload", PRELOAD]
+    assert environ["DASK_PBS_KIT_DASHBOARD_PREFIX"] == "/p"
+
+
+def test_the_schedulers_dashboard_waits_for_the_cluster_only_with_the_kits_plugin():
+    environ = {}
+    args = ["--preload", PRELOAD, "--dashboard-address", ":8787", "--dashboard-prefix=/x"]
+    assert ds.hold_back_dashboard(args, environ) == ["--no-dashboard"] + args
+    assert environ == {"DASK_PBS_KIT_DASHBOARD": "later", "DASK_PBS_KIT_DASHBOARD_PREFIX": "/x"}
+    environ = {}
+    for other in (["--no-dashboard"], ["--dashboard"]):
+        assert ds.hold_back_dashboard(args + other, environ) == args + other
+    assert ds.hold_back_dashboard(["--dashboard-address", ":8787"], environ) == ["--dashboard-address", ":8787"]
+    assert environ == {}
+
+
+def test_sys_path_as_the_dask_script_would_have_it(monkeypatch):
+    monkeypatch.setattr(sys, "path", ["/kit/helpers", "", "/lib/python3.11", "/kit/helpers"])
+    ds.fix_sys_path("/kit/helpers", "/env/bin/dask")
+    # The folder task.sh put first goes; one from PYTHONPATH (a worker job's) stays.
+    assert sys.path == ["/env/bin", "/lib/python3.11", "/kit/helpers"]
+    monkeypatch.setattr(sys, "path", ["/kit/helpers", "/lib/python3.11"])  # python -P: no ''
+    ds.fix_sys_path("/kit/helpers", "/env/bin/dask")
+    assert sys.path == ["/lib/python3.11"]
+
+
+def test_the_tasks_line_says_when_to_the_millisecond(monkeypatch):
+    monkeypatch.setenv("TMPDIR", "/tmp/pbs.1")
+    line = ds.task_line({"role": "worker", "node": "node01", "started": "1000.250000"},
+                        ", memory limit 5 bytes per process (why)", 1000.75)
+    assert re.fullmatch(r"dask-pbs: worker on node node01 \(pid \d+, TMPDIR /tmp/pbs\.1, memory limit 5 bytes "
+                        r"per process \(why\)\) at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.750 \(0\.500 s after task\.sh "
+                        r"began\)", line), line
+    # bench/phases.py reads it back.
+    sys.path.insert(0, str(KIT / "bench"))
+    try:
+        import phases
+    finally:
+        sys.path.remove(str(KIT / "bench"))
+    start, at = phases.task_times(line)
+    assert at == pytest.approx(1000.75, abs=0.002) and start == pytest.approx(1000.25, abs=0.002)
+    assert ds.task_line({"role": "scheduler", "started": "bash 4"}, "", 1.0).endswith(".000")
+
+
+def test_setup_adds_interface_and_memory_limit(monkeypatch):
+    from dask_pbs_kit import host_memory, netif
+
+    calls = []
+
+    def detect(first, scheduler_file, wait):
+        calls.append((first, scheduler_file, wait))
+        return netif.Iface("ib0", "10.1.0.2", "255.255.0.0"), "host-name"
+
+    monkeypatch.setattr(netif, "detect", detect)
+    monkeypatch.setattr(host_memory, "cgroup_limit", lambda: 8 * GiB)
+    monkeypatch.setattr(host_memory, "ram", lambda: 64 * GiB)
+    settings = {"role": "worker", "node": "node02", "interface": "auto", "first": "node00",
+                "scheduler_file": "/logs/scheduler.json", "timeout": "60", "memory": str(4 * GiB),
+                "host_procs": "4", "reserve_ppm": "100000"}
+    args, how, choice = ds.setup(settings, ["--nworkers", "4"])
+    limit = (8 * GiB - 8 * GiB // 10) // 4
+    assert args == ["--memory-limit", str(limit), "--interface", "ib0", "--nworkers", "4"]
+    assert choice == "node02 ib0 10.1.0.2 host-name"
+    assert how.startswith(f", interface ib0 10.1.0.2 (host-name, INTERFACE=auto), memory limit {limit} bytes")
+    assert calls == [("node00", "/logs/scheduler.json", 60.0)]  # a worker may wait for the file
+    args, how, choice = ds.setup({"role": "scheduler", "interface": "auto", "first": "node00",
+                                  "scheduler_file": "/logs/scheduler.json"}, [])
+    assert args == ["--interface", "ib0"] and calls[-1] == ("node00", "", 0.0)  # never the scheduler
+    assert ds.setup({"role": "scheduler", "interface": ""}, ["--x"]) == (["--x"], "", None)
+    with pytest.raises(KitError) as err:
+        ds.setup(dict(settings, interface="", memory="1000"), [])
+    assert err.value.code == BAD_VALUE
+
+
+# ------------------------------------------------------------------ kit.py task-setup
+
+def test_task_setup_on_this_machine():
+    done = subprocess.run([sys.executable, KIT_PY, "task-setup", "role=worker", "node=node01",
+                           "interface=auto", "first=localhost", "memory=1073741824", "host_procs=1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert re.fullmatch(r"interface \S+ \d+\.\d+\.\d+\.\d+ \S+", lines[0])
+    assert lines[1].startswith("memory ") and "\t" in lines[1]
+    done = subprocess.run([sys.executable, KIT_PY, "task-setup", "role=scheduler"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == ""
+
+
+def test_task_setup_errors(capsys):
+    assert kit_cli.main(["task-setup", "role=worker", "memory=1000", "host_procs=1"]) == BAD_VALUE
+    assert "below the 256mb a worker needs" in capsys.readouterr().err
+    assert kit_cli.main(["task-setup", "role=nanny"]) == USAGE
+    assert kit_cli.main(["task-setup", "colour=blue"]) == USAGE
+    assert kit_cli.main(["task-setup", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: kit.py task-setup")
+
+
+# ------------------------------------------------------------------ real processes
+
+def descendants(pid: int, depth: int = 99) -> list:
+    """(pid, command line) of every live descendant of pid, down to depth generations."""
+    children: dict = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, ValueError):
+                continue
+            children.setdefault(parent, []).append((int(entry), cmdline))
+    found, todo = [], [(pid, 0)]
+    while todo:
+        here, level = todo.pop()
+        for child in children.get(here, []) if level < depth else []:
+            found.append(child)
+            todo.append((child[0], level + 1))
+    return found
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wait_for(check, what: str, timeout: float = 90):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.05)
+
+
+def http_status(port: int, path: str = "/status") -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def launch(tmp_path: Path, role: str, settings: dict, dask_args: list, env: dict) -> subprocess.Popen:
+    """What task.sh's exec runs, from a folder whose modules would shadow distributed's own
+    if the current folder were on sys.path (as `python -c` puts it)."""
+    words = [f"{k}={v}" for k, v in dict({"role": role, "script": DASK}, **settings).items()]
+    return subprocess.Popen([sys.executable, "-c", ONE_LINE, str(KIT / "helpers"), *words, "--", *dask_args],
+                            cwd=tmp_path / "submit", env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.fixture
+def job(tmp_path):
+    """A job's log folder and environment, a submit folder with a decoy tornado.py."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (tmp_path / "submit").mkdir()
+    (tmp_path / "submit" / "tornado.py").write_text("raise SystemExit('the submit folder was on sys.path')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "PYTHONPATH"))}
+    env.update(DASK_PBS_KIT_ROLL=str(logs / "workers.txt"), DASK_PBS_KIT_CLOSED=str(logs / "scheduler.closed"),
+               TMPDIR=str(tmp_path))
+    return logs, env
+
+
+def test_scheduler_and_workers_start_in_one_python_each_dashboards_off_the_starts_path(tmp_path, job):
+    logs, env = job
+    procs = []
+    try:
+        sched = launch(tmp_path, "scheduler", {"node": "node00", "log": logs / "scheduler-0.log",
+                                               "interface": "auto", "iface": logs / "scheduler-0.iface",
+                                               "started": f"{time.time():.6f}"},
+                       ["--scheduler-file", str(logs / "scheduler.json"), "--port", "0", "--preload", PRELOAD,
+                        "--dashboard-address", "127.0.0.1:0"], env)
+        procs.append(sched)
+        info = wait_for(lambda: (logs / "scheduler.json").exists() and json.loads(
+            (logs / "scheduler.json").read_text() or "null"), "scheduler file")
+        port = info["services"]["dashboard"]
+        assert http_status(port, "/health") == 200
+        wait_for(lambda: http_status(port) == 200, "scheduler dashboard")  # soon after it listens
+        for chunk, nworkers in ((1, 1), (2, 2)):
+            procs.append(launch(tmp_path, "worker", {
+                "node": f"node0{chunk}", "log": logs / f"worker-{chunk}.log", "interface": "auto",
+                "iface": logs / f"worker-{chunk}.iface", "first": "localhost",
+                "scheduler_file": logs / "scheduler.json", "timeout": "60", "memory": str(GiB),
+                "host_procs": str(nworkers)},
+                ["--scheduler-file", str(logs / "scheduler.json"), "--name", f"chunk-{chunk}",
+                 "--nworkers", str(nworkers), "--nthreads", "1", "--local-directory", str(tmp_path)], env))
+        wait_for(lambda: len((logs / "workers.txt").read_text().split()) == 3, "3 workers on the roll")
+        # Each worker task: its Dask process, a forkserver, the worker processes its forks.
+        for proc, nworkers in zip(procs[1:], (1, 2)):
+            tree = descendants(proc.pid, 1)
+            servers = [pid for pid, cmd in tree if "forkserver import main" in cmd]
+            assert len(servers) == 1, tree
+            forked = descendants(servers[0], 1)
+            assert len(forked) == nworkers, (tree, forked)
+        lines = {name: (logs / name).read_text() for name in ("scheduler-0.log", "worker-1.log", "worker-2.log")}
+        for name, text in lines.items():
+            role = name.split("-")[0]
+            assert re.match(rf"dask-pbs: {role} on node node0\d \(pid \d+, TMPDIR {tmp_path}, interface \S+ ", text)
+        assert ", memory limit 1073741824 bytes per process (the chunk's share of its mem=)) at " in lines["worker-1.log"]
+        assert (logs / "worker-1.iface").read_text().startswith("node01 ")
+        worker_port = int(re.search(r"dashboard at: +[\d.]+:(\d+)", lines["worker-1.log"]).group(1))
+        assert http_status(worker_port) == 404  # one process per chunk: its dashboard comes later too
+        # The job says the cluster is ready: every dashboard follows.
+        (logs / "cluster-info.txt").write_text("ready\n")
+        wait_for(lambda: http_status(port) == 200, "scheduler dashboard")
+        wait_for(lambda: http_status(worker_port) == 200, "worker dashboard")
+        for proc in procs:
+            assert proc.poll() is None, proc.stderr.read()
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+    for proc in procs:
+        assert "Traceback" not in proc.stderr.read()
+
+
+def test_a_worker_that_cannot_run_says_so_on_the_jobs_stderr_and_in_its_log(tmp_path, job):
+    logs, env = job
+    proc = launch(tmp_path, "worker", {"node": "node03", "log": logs / "worker-3.log", "memory": "1000",
+                                       "host_procs": "1"}, ["--scheduler-file", str(logs / "none.json")], env)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+    assert proc.returncode == 7
+    assert err.startswith("dask-pbs: node node03: each worker process would get 1000 bytes")
+    assert (logs / "worker-3.log").read_text() == err
+
+
+def test_a_tmpdir_too_long_for_a_unix_socket_puts_the_forkservers_in_a_short_folder(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    code = """
+import multiprocessing.util, sys, tempfile
+from dask_pbs_kit import dask_start as ds
+ds.socket_folder(sys.argv[1:])
+print(multiprocessing.util.get_temp_dir())
+"""
+    env = dict(os.environ, TMPDIR=str(deep), PYTHONPATH=str(KIT / "helpers"))
+    done = subprocess.run([sys.executable, "-c", code, "/no/such/folder", str(tmp_path)], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).parent == tmp_path  # the first short, writable candidate
+    done = subprocess.run([sys.executable, "-c", code, "/no/such/folder"], env=env, capture_output=True,
+                          text=True)
+    assert "OSError: TMPDIR " in done.stderr and "too long a path for the forkserver's socket" in done.stderr
+    env["TMPDIR"] = str(tmp_path)  # short enough: multiprocessing's own choice stays
+    done = subprocess.run([sys.executable, "-c", code, "/no/such/folder"], env=env, capture_output=True,
+                          text=True)
+    assert Path(done.stdout.strip()).parent == tmp_path
+
+
+# ------------------------------------------------------------------ the plugin's roll and dashboards
+
+class FakeComm:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, msg):
+        self.sent.append(msg)
+
+    def closed(self):
+        return False
+
+
+class FakeScheduler:
+    """What JobPlugin reads of a scheduler: workers (with name, extra), stream_comms."""
+
+    def __init__(self):
+        self.workers, self.stream_comms = {}, {}
+
+    def join(self, address, name, extra=None):
+        self.workers[address] = type("WS", (), {"name": name, "extra": extra or {}})()
+        self.stream_comms[address] = FakeComm()
+
+
+def load_preload():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kit_preload_under_test", PRELOAD)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_roll_lists_workers_only_once_the_schedulers_pages_are_up(tmp_path, monkeypatch):
+    import asyncio
+
+    preload = load_preload()
+    pages_up = None
+
+    async def add_pages(server, module, prefix):
+        await pages_up.wait()
+
+    monkeypatch.setattr(preload, "add_pages", add_pages)
+    roll = tmp_path / "workers.txt"
+
+    async def scenario():
+        nonlocal pages_up
+        pages_up = asyncio.Event()
+        sched = FakeScheduler()
+        plugin = preload.JobPlugin(str(roll), dashboard_later=True,
+                                   later={"ready_file": str(tmp_path / "ready"), "after": 30, "prefix": ""})
+        await plugin.start(sched)
+        assert roll.read_text() == ""
+        sched.join("tls://a:1", "chunk-1", {"dask-pbs-kit": "dashboard later"})
+        plugin.add_worker(sched, "tls://a:1")
+        sched.join("tls://b:1", "chunk-2")
+        plugin.add_worker(sched, "tls://b:1")
+        await asyncio.sleep(0.2)
+        assert roll.read_text() == ""  # no dashboard yet: the job must not call the cluster ready
+        pages_up.set()
+        await asyncio.sleep(0.05)
+        assert roll.read_text() == "chunk-1\nchunk-2\n"
+        # The job's ready file: the worker that asked is told to add its pages, the other not.
+        (tmp_path / "ready").write_text("ready\n")
+        await asyncio.sleep(0.2)
+        assert sched.stream_comms["tls://a:1"].sent == [{"op": "dask-pbs-kit-dashboard"}]
+        assert sched.stream_comms["tls://b:1"].sent == []
+        sched.join("tls://c:1", "chunk-3", {"dask-pbs-kit": "dashboard later"})
+        plugin.add_worker(sched, "tls://c:1")  # joins later: told at once
+        assert sched.stream_comms["tls://c:1"].sent == [{"op": "dask-pbs-kit-dashboard"}]
+        # Many changes at once: one rewrite within ROLL_EVERY, the last state kept.
+        for i in range(50):
+            sched.join(f"tls://d:{i}", f"chunk-9-{i:02d}")
+            plugin.add_worker(sched, f"tls://d:{i}")
+        await asyncio.sleep(0.15)
+        assert len(roll.read_text().split()) == 53
+        await plugin.close()
+        plugin.watcher.cancel()
+
+    asyncio.run(scenario())
