@@ -1,0 +1,109 @@
+#!/usr/bin/env bats
+# How a task starts its Dask process (scripts/lib/task.sh, helpers/dask_pbs_kit/dask_start.py):
+# in the Python of the `dask` command, with a forkserver for a worker's processes and the
+# dashboards off the start's path; through one helper call and `dask` itself where that
+# Python cannot be told.
+
+load test_helper
+
+# A Python "installation" for PYTHON_PREFIX whose bin/dask is $1: wrapper (a bash script
+# that runs the kit's dask) or trampoline (pip's /bin/sh first lines for a long path).
+fake_prefix() {
+  mkdir -p prefix/bin
+  printf '#!/bin/bash\nexec %q "$@"\n' "$KIT/.venv/bin/python3" >prefix/bin/python3
+  case $1 in
+    wrapper) printf '#!/bin/bash\nexec %q "$@"\n' "$KIT/.venv/bin/dask" >prefix/bin/dask ;;
+    trampoline)
+      {
+        printf '#!/bin/sh\n'"'''"'exec'"'"' "%s" "$0" "$@"\n'"' '''"'\n' "$KIT/.venv/bin/python"
+        tail -n +2 "$KIT/.venv/bin/dask"
+      } >prefix/bin/dask
+      ;;
+  esac
+  chmod +x prefix/bin/python3 prefix/bin/dask
+}
+
+# The forkservers among the job's processes: that command line, whose parent's is not
+# (the worker processes it forks keep its command line).
+forkservers() {
+  local pid parent
+  for pid in $(job_processes); do
+    grep -q 'multiprocessing.forkserver import main' "/proc/$pid/cmdline" 2>/dev/null || continue
+    parent=$(awk '{print $4}' "/proc/$pid/stat" 2>/dev/null) || continue
+    grep -q 'multiprocessing.forkserver import main' "/proc/$parent/cmdline" 2>/dev/null || echo "$pid"
+  done
+}
+
+start_cluster() {
+  submit_background launch-dask-cluster-path.pbs "$@"
+  JOBID=$(background_job_id)
+  run wait_ready
+  [ "$status" -eq 0 ]
+}
+
+stop_cluster() {
+  qdel "$JOBID"
+  wait "$JOB_QSUB_PID" || true
+  assert_no_job_processes
+}
+
+@test "default: one forkserver per worker task; the scheduler's dashboard answers when scheduler.json appears, the workers' soon after" {
+  start_cluster -l select=3:ncpus=2:mem=2gb -l walltime=00:03:00 -v WORKER_ON_SCHEDULER_CHUNK=no,NWORKERS=2
+  run "$PY" -c 'import json, sys, urllib.request
+port = json.load(open("scheduler.json"))["services"]["dashboard"]
+print(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10).status)'
+  [ "$output" = 200 ]
+  run forkservers
+  [ "${#lines[@]}" -eq 2 ]
+  run with_client '
+import time, urllib.error, urllib.request
+def status(port):
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+ports = [w["services"]["dashboard"] for w in client.scheduler_info(n_workers=-1)["workers"].values()]
+deadline = time.monotonic() + 30
+while any(status(p) != 200 for p in ports) and time.monotonic() < deadline:
+    time.sleep(0.2)
+print(len(ports), sorted({status(p) for p in ports}))
+'
+  echo "$output"
+  [ "$output" = "4 [200]" ]
+  run cat "dask-logs/$JOBID/worker-1.log"
+  [[ ${lines[0]} =~ ^dask-pbs:\ worker\ on\ node\ node01\ \(pid\ [0-9]+,\ TMPDIR\ .*,\ interface\ lo\ 127\.0\.0\.1\ \(host-name,\ INTERFACE=auto\),\ memory\ limit\ 966367642\ bytes\ per\ process\ .*\)\ at\ [-0-9]+\ [:0-9]+\.[0-9]{3}\ \([0-9.]+\ s\ after\ task\.sh\ began\)$ ]]
+  stop_cluster
+}
+
+@test "a dask command that is a wrapper: one helper call for interface and memory, then dask itself (spawn)" {
+  fake_prefix wrapper
+  start_cluster -l select=3:ncpus=1:mem=1gb -l walltime=00:03:00 \
+    -v "PYTHON_PREFIX=$BATS_TEST_TMPDIR/prefix,WORKER_ON_SCHEDULER_CHUNK=no"
+  run with_client 'print(sorted((w["name"], w["memory_limit"]) for w in client.scheduler_info(n_workers=-1)["workers"].values()))'
+  [ "$output" = "[('chunk-1', 966367642), ('chunk-2', 966367642)]" ]
+  run forkservers
+  [ -z "$output" ]
+  run cat "dask-logs/$JOBID/worker-2.log"
+  [[ ${lines[0]} == "dask-pbs: worker on node node02 (pid "*", interface lo 127.0.0.1 (host-name, INTERFACE=auto), memory limit 966367642 bytes per process (the chunk's share of its mem=)) at "*" s after task.sh began)" ]]
+  [ "$(cat "dask-logs/$JOBID/worker-2.iface")" = "node02 lo 127.0.0.1 host-name" ]
+  stop_cluster
+}
+
+@test "pip's /bin/sh first lines for a long path: the Dask process runs in the Python they name" {
+  fake_prefix trampoline
+  start_cluster -l select=2:ncpus=1:mem=1gb -l walltime=00:03:00 \
+    -v "PYTHON_PREFIX=$BATS_TEST_TMPDIR/prefix,WORKER_ON_SCHEDULER_CHUNK=no"
+  run forkservers
+  [ "${#lines[@]}" -eq 1 ]
+  stop_cluster
+}
+
+@test "the job's own DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=spawn is kept" {
+  start_cluster -l select=2:ncpus=2:mem=2gb -l walltime=00:03:00 \
+    -v "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=spawn,WORKER_ON_SCHEDULER_CHUNK=no,NWORKERS=2"
+  run with_client 'print(len(client.scheduler_info(n_workers=-1)["workers"]))'
+  [ "$output" = 2 ]
+  run forkservers
+  [ -z "$output" ]
+  stop_cluster
+}
