@@ -16,7 +16,9 @@ chunk), the moments its start passes through, all on one clock (the machine's):
   registered    the last "Registered to:" (every worker process is on the scheduler)
 
 and the scheduler's "Scheduler at:" (it listens, and writes its file). Dask's log lines
-carry milliseconds; task.sh's too. The phases are the differences of successive moments.
+carry milliseconds; task.sh's too; file times the kernel's clock tick (a few ms). The
+phases are the differences of successive moments; "fan-out" is the time from the job's
+first pbsdsh to its last (the job script starting one per chunk on the first node).
 """
 from __future__ import annotations
 
@@ -95,7 +97,9 @@ def job_phases(log_dir: Path, fake_job: Path, noted: dict) -> dict:
     for log in sched:
         listening = last_stamp(log.read_text(errors="replace").splitlines(), "Scheduler at:")
     scheduler_cpu = [v for k, v in cpu.items() if k.startswith("scheduler")]
+    spawned = list(spawn_times.values())
     return {"chunks": chunks,
+            "fan-out": max(spawned) - min(spawned) if spawned else None,
             "scheduler": None if listening is None else listening - job_start,
             "registered": None if last is None else last - job_start,
             "scheduler cpu": scheduler_cpu[0] if scheduler_cpu else None,
@@ -109,7 +113,7 @@ def breakdown_row(results: list) -> dict:
     for column in [p[0] for p in PHASES] + ["chunk cpu"]:
         values = [c[column] for r in results for c in r["chunks"] if column in c]
         row[column] = statistics.median(values) if values else None
-    for key in ("scheduler", "registered", "scheduler cpu", "job cpu"):
+    for key in ("fan-out", "scheduler", "registered", "scheduler cpu", "job cpu"):
         values = [r[key] for r in results if r[key] is not None]
         row[key] = statistics.median(values) if values else None
     return row

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Benchmarks: helper start-up, time to a ready cluster and teardown (kit vs floor vs
-dask-jobqueue), and the wordcount's scale-out against one process.
+dask-jobqueue), the start's phases, teardown after qdel, the cost per worker (bench/scale.py),
+and the wordcount's scale-out against one process.
 
     .venv/bin/python bench/run.py [--sizes 2 4 8 16 32] [--nworkers 1 4] [--runs 3]
-                                  [--skip ready peer wordcount] [--corpus-mb 512]
+                                  [--skip helpers ready peer qdel scale wordcount] [--corpus-mb 512]
 
 Prints tables: medians and spread (min-max) of several runs, with the machine and
 versions. Not a test: figures only. The kit's figures come from its own job output
-("cluster ready in X s", "cluster stopped X s after the program ended"), measured from
-the job script's first line. `make bench` runs it with the defaults.
+("cluster ready in X s", "cluster stopped X s after the program ended", "cluster stopped
+in X s"), measured from the job script's first line. `make bench` runs it with the defaults.
 """
 from __future__ import annotations
 
@@ -61,6 +62,12 @@ def helper_start(runs: int) -> None:
         "dashboard_url.py scheduler.json": [python, str(KIT / "helpers/dashboard_url.py"), str(sched)],
         "dashboard_url.py --tunnel login": [python, str(KIT / "helpers/dashboard_url.py"), str(sched), "--tunnel", "login"],
         "kit.py memory 20gb 4": [python, str(KIT / "helpers/kit.py"), "memory", "20gb", "4"],
+        "kit.py interface (auto)": [python, str(KIT / "helpers/kit.py"), "interface", "--first-node", "localhost"],
+        "kit.py host-memory": [python, str(KIT / "helpers/kit.py"), "host-memory", "--memory", "1073741824",
+                               "--host-procs", "4"],
+        "kit.py task-setup (both, one call)": [python, str(KIT / "helpers/kit.py"), "task-setup", "role=worker",
+                                             "interface=auto", "first=localhost", "memory=1073741824",
+                                             "host_procs=4"],
     }
     times: dict = {name: [] for name in commands}
     for _ in range(runs):
@@ -71,6 +78,8 @@ def helper_start(runs: int) -> None:
     for name, values in times.items():
         ratio = "" if name.startswith("floor") else f"  ratio {statistics.median(values) / floor:.2f}"
         print(f"  {name:<38} {summary(values, 3)}{ratio}")
+    print("  (a task runs interface and host-memory's work in the Python of its Dask process, with no helper start;"
+          " task-setup is its one call where that Python is unknown)")
     shutil.rmtree(tmp)
 
 
@@ -221,7 +230,8 @@ def kit_run(nodes: int, nworkers: int, extra_vars: str = "") -> tuple:
     try:
         subprocess.run(["qsub", "-W", "block=true", "-N", "bench", "-l", f"select={nodes}:ncpus={nworkers}:mem={mem}gb",
                         "-v", f"DASK_PBS_KIT={KIT},PYTHON_PREFIX={Path(PY).parent.parent},"
-                              f"NWORKERS={nworkers},NTHREADS=1,READY_TIMEOUT=600{extra_vars},"
+                              f"NWORKERS={nworkers},NTHREADS=1,READY_TIMEOUT=600,WORKER_ON_SCHEDULER_CHUNK=no"
+                              f"{extra_vars},"
                               f"PROGRAM=python3 {BENCH}/stamp.py {tmp}/end {tmp}/dask-logs",
                         str(KIT / "scripts/launch-dask-wordcount.pbs")], cwd=tmp, env=env, check=True,
                        stdout=subprocess.DEVNULL, preexec_fn=enter_cgroup(cgroup))
@@ -287,24 +297,31 @@ def peer_run(nodes: int, nworkers: int, timeout: float = 300) -> float | str:
     return result
 
 
-def ready_table(sizes: list, nworkers_list: list, runs: int, peer: bool) -> None:
+def ready_table(sizes: list, nworkers_list: list, runs: int, peer: bool) -> list:
+    """The time-to-ready and teardown table; returns each row's start phases (breakdown_table)."""
+    import phases
+
     print(f"\ntime to ready (all workers registered) and teardown, median of {runs} runs (min-max)")
-    print("  kit: production job on the fake PBS, PROGRAM=/bin/true, TLS on (the default)")
-    print("  floor: the same dask scheduler/worker processes and TLS, started directly")
+    print("  kit: production job on the fake PBS, PROGRAM=bench/stamp.py, the kit's defaults (TLS on,"
+          " INTERFACE=auto), WORKER_ON_SCHEDULER_CHUNK=no")
+    print("  floor: the same Dask processes as task.sh execs them (same TLS, forkserver, dashboards), started"
+          " directly")
     print("  peer: dask_jobqueue.PBSCluster, one worker job per chunk, same fake PBS (tcp)")
     print("  teardown kit: the job's own figure, program end to the job script's end;"
           " job end: to qsub -W block=true returning")
-    print(f"{'nodes':>5} {'procs':>5} {'kit':>22} {'floor':>22} {'kit/floor':>9} {'peer':>22} "
+    print(f"{'nodes':>5} {'procs':>5} {'kit':>22} {'floor':>22} {'kit/floor':>9} {'peer':>22} {'kit/peer':>8} "
           f"{'teardown kit':>22} {'job end':>22} {'teardown floor':>22} {'left':>4}")
+    rows = []
     for nworkers in nworkers_list:
         for nodes in sizes:
-            kit, down, ends, floor, floor_down, peers, left = [], [], [], [], [], [], 0
+            kit, down, ends, floor, floor_down, peers, left, starts = [], [], [], [], [], [], 0, []
             for _ in range(runs):
-                ready, teardown, until_end, stray = kit_run(nodes, nworkers)
+                ready, teardown, until_end, stray, start = kit_run(nodes, nworkers)
                 kit.append(ready)
                 down.append(teardown)
                 ends.append(until_end)
                 left += stray
+                starts.append(start)
                 f_ready, f_down = floor_run(nodes, nworkers)
                 floor.append(f_ready)
                 floor_down.append(f_down)
@@ -313,9 +330,99 @@ def ready_table(sizes: list, nworkers_list: list, runs: int, peer: bool) -> None
             ratio = statistics.median(kit) / statistics.median(floor)
             failed = [p for p in peers if isinstance(p, str)]
             peer_text = failed[0] if failed else summary(peers) if peers else "-"
+            versus = f"{statistics.median(kit) / statistics.median(peers):.2f}" if peers and not failed else "-"
             print(f"{nodes:>5} {nworkers:>5} {summary(kit):>22} {summary(floor):>22} {ratio:>9.2f} "
-                  f"{peer_text:>22} {summary(down):>22} {summary(ends):>22} {summary(floor_down):>22} {left:>4}",
-                  flush=True)
+                  f"{peer_text:>22} {versus:>8} {summary(down):>22} {summary(ends):>22} {summary(floor_down):>22} "
+                  f"{left:>4}", flush=True)
+            rows.append((nodes, nworkers, statistics.median(kit), phases.breakdown_row(starts)))
+    return rows
+
+
+def breakdown_table(rows: list, runs: int) -> None:
+    """Where the kit's start goes: the phases of bench/phases.py, from the ready table's runs."""
+    print(f"\nthe kit's start, phase by phase (s; each the median over every worker chunk of {runs} runs;"
+          " bench/phases.py)")
+    print("  to pbsdsh: job start -> the chunk's pbsdsh; pbsdsh: -> task.sh starts; task.sh: -> the Dask command"
+          " starts (task.sh, the kit's checks on the node); nanny: -> the chunk's nannies listen;")
+    print("  worker proc: -> its worker processes listen; register: -> all on the scheduler; fan-out: the job's first"
+          " pbsdsh to its last; scheduler: job start -> the scheduler listens;")
+    print("  registered: job start -> the last worker registered; ready: the job's figure")
+    print("  CPU s at ready: chunk (a worker task's processes), scheduler, job (every process of the job)")
+    cols = ["to pbsdsh", "pbsdsh", "task.sh", "nanny", "worker proc", "register", "fan-out", "scheduler",
+            "registered"]
+    print(f"{'nodes':>5} {'procs':>5} " + " ".join(f"{c:>11}" for c in cols) + f" {'ready':>7} "
+          f"{'cpu chunk':>9} {'cpu sched':>9} {'cpu job':>8}")
+
+    def cell(value, width, digits=2):
+        return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+    for nodes, nworkers, ready, row in rows:
+        print(f"{nodes:>5} {nworkers:>5} " + " ".join(cell(row[c], 11) for c in cols) + f" {ready:>7.2f} "
+              f"{cell(row['chunk cpu'], 9)} {cell(row['scheduler cpu'], 9)} {cell(row['job cpu'], 8)}", flush=True)
+
+
+def qdel_run(nodes: int, nworkers: int, start: str) -> tuple:
+    """One interactive job (the path template, the kit's defaults), held until qdel once its
+    cluster is ready and its dashboards have loaded: (qdel to qsub -W block=true returning s,
+    the kit's own "cluster stopped in X s", warnings in the job output, processes left).
+    start: the fake MoM's FAKEPBS_START (direct, or login as a real MoM starts jobs)."""
+    tmp = Path(tempfile.mkdtemp())
+    home = tmp / "pbs"
+    env = dict(os.environ, PATH=FAKE_PATH, FAKEPBS_HOME=str(home), FAKEPBS_START=start, FAKEPBS_KILL_DELAY="10")
+    mem = max(1, nworkers)
+    qsub = subprocess.Popen(["qsub", "-W", "block=true", "-N", "qdel", "-l", f"select={nodes}:ncpus={nworkers}:mem={mem}gb",
+                             "-l", "walltime=00:30:00",
+                             "-v", f"DASK_PBS_KIT={KIT},PYTHON_PREFIX={Path(PY).parent.parent},NWORKERS={nworkers},"
+                                   f"NTHREADS=1,READY_TIMEOUT=600,WORKER_ON_SCHEDULER_CHUNK=no",
+                             str(KIT / "scripts/launch-dask-cluster-path.pbs")], cwd=tmp, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        jobid = qsub.stdout.readline().strip()
+        deadline = time.monotonic() + 900
+        while not (tmp / "scheduler.json").exists():
+            if qsub.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"bench: the interactive job did not start:\n"
+                         f"{''.join(p.read_text() for p in tmp.glob('qdel.o*'))}")
+            time.sleep(0.05)
+        time.sleep(3)  # the workers' dashboards load once the cluster is ready
+        begin = time.perf_counter()
+        subprocess.run(["qdel", jobid], env=env, check=True)
+        qsub.wait(timeout=120)
+        until_end = time.perf_counter() - begin
+        left = len(job_processes(home))
+    finally:
+        if qsub.poll() is None:
+            qsub.kill()
+            qsub.wait()
+        for pid in job_processes(home):
+            os.kill(pid, signal.SIGKILL)
+    out = next(tmp.glob("qdel.o*")).read_text()
+    shutil.rmtree(tmp, ignore_errors=True)
+    stopped = re.search(r"cluster stopped in ([0-9.]+) s", out)
+    if not stopped:
+        sys.exit(f"bench: the interactive job did not say how it stopped:\n{out}")
+    return until_end, float(stopped.group(1)), out.count("warning"), left
+
+
+def qdel_table(sizes: list, nworkers_list: list, runs: int) -> None:
+    print(f"\nteardown after qdel: an interactive job, median of {runs} runs (min-max)")
+    print("  job end: qdel to qsub -W block=true returning; kit: the job's own figure (\"cluster stopped in X s\","
+          " from the signal to the job script's end)")
+    print("  FAKEPBS_START=direct: the fake's default (bash runs the script); login: as a real MoM (a login shell"
+          " runs it and dies of the SIGTERM at once)")
+    print(f"{'nodes':>5} {'procs':>5} {'start':>6} {'job end':>22} {'kit':>22} {'warnings':>8} {'left':>4}")
+    for nworkers in nworkers_list:
+        for nodes in sizes:
+            for start in ("direct", "login"):
+                ends, kits, warnings, left = [], [], 0, 0
+                for _ in range(runs):
+                    until_end, kit, warned, stray = qdel_run(nodes, nworkers, start)
+                    ends.append(until_end)
+                    kits.append(kit)
+                    warnings += warned
+                    left += stray
+                print(f"{nodes:>5} {nworkers:>5} {start:>6} {summary(ends):>22} {summary(kits):>22} {warnings:>8} "
+                      f"{left:>4}", flush=True)
 
 
 def wordcount_table(runs: int, megabytes: int) -> None:
@@ -355,7 +462,8 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16, 32])
     parser.add_argument("--nworkers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["helpers", "ready", "peer", "wordcount"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["helpers", "ready", "peer", "qdel", "scale", "wordcount"])
     parser.add_argument("--corpus-mb", type=int, default=512)
     opts = parser.parse_args()
     import dask
@@ -374,7 +482,14 @@ def main() -> int:
     if "helpers" not in opts.skip:
         helper_start(max(50, opts.runs))
     if "ready" not in opts.skip:
-        ready_table(opts.sizes, opts.nworkers, opts.runs, "peer" not in opts.skip)
+        rows = ready_table(opts.sizes, opts.nworkers, opts.runs, "peer" not in opts.skip)
+        breakdown_table(rows, opts.runs)
+    if "qdel" not in opts.skip:
+        qdel_table(opts.sizes, opts.nworkers, opts.runs)
+    if "scale" not in opts.skip:
+        import scale
+
+        scale.main([])
     if "wordcount" not in opts.skip:
         wordcount_table(opts.runs, opts.corpus_mb)
     return 0
