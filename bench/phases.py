@@ -65,7 +65,7 @@ def task_times(first_line: str) -> tuple:
 
 def chunk_moments(log: Path, spawned: float | None, job_start: float) -> dict:
     lines = log.read_text(errors="replace").splitlines()
-    task, exec_ = task_times(lines[0]) if lines else (None, None)
+    task, exec_ = next((times for times in map(task_times, lines[:20]) if times[0] is not None), (None, None))
     return {"job": job_start, "pbsdsh": spawned, "task": task, "exec": exec_,
             "nanny": last_stamp(lines, "Start Nanny at"),
             "worker": last_stamp(lines, "Start worker at"),

@@ -39,7 +39,7 @@ from . import args
 from .errors import BAD_VALUE, NO_INTERFACE, USAGE, KitError
 
 SETTINGS = ("role", "node", "log", "iface", "interface", "first", "scheduler_file", "timeout",
-            "memory", "host_procs", "reserve_ppm", "reserve_bytes", "started", "script")
+            "memory", "host_procs", "reserve_ppm", "reserve_bytes", "started", "script", "workers")
 METHOD_VARIABLE = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
 # What a worker process imports as it starts, beyond `import distributed`: its dashboard
 # (bokeh: as long again as distributed itself) and its HTTP routes. A module that is not
@@ -122,6 +122,57 @@ def start_forkserver(modules: list) -> None:
         multiprocessing.forkserver.ensure_running()
     finally:
         os.chdir(here)
+
+
+LARGE = 200               # worker processes from which Dask's settings follow the job's size
+CONNECT_PER_WORKER = 0.02  # s of connect timeout per worker process: the scheduler registers
+                          # one in 6-7 ms of CPU here (bench/README.md, Scale), times 3
+FDS_PER_WORKER = 2        # the scheduler's connections per worker process (measured), and
+FDS_SPARE = 128           # its own files besides
+
+
+def size_for(role: str, workers: int, environ=os.environ, limits=None,
+             somaxconn: str = "/proc/sys/net/core/somaxconn") -> list:
+    """Fit Dask to a job of `workers` worker processes (0: unknown), in this process's
+    environment before Dask's import, and say what the node may not allow (warnings).
+    Always: the soft limit of open files up to the hard one (distributed's scheduler raises
+    it to half). From LARGE workers: a connect timeout that covers the scheduler registering
+    them all in turn (distributed.comm.timeouts.connect, 30 s), and, on the scheduler, a
+    listen backlog that holds them (distributed.comm.socket-backlog, 2048); a setting the
+    job's environment already has stays."""
+    import resource
+
+    limits = limits or resource
+    notes = []
+    soft, hard = limits.getrlimit(limits.RLIMIT_NOFILE)
+    if hard != limits.RLIM_INFINITY and soft < hard:
+        try:
+            limits.setrlimit(limits.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    if workers < LARGE:
+        return notes
+    connect = "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT"
+    environ.setdefault(connect, f"{max(30, round(CONNECT_PER_WORKER * workers))}s")
+    if role != "scheduler":
+        return notes
+    backlog = max(2048, FDS_PER_WORKER * workers + 64)
+    environ.setdefault("DASK_DISTRIBUTED__COMM__SOCKET_BACKLOG", str(backlog))
+    try:
+        with open(somaxconn) as fh:
+            cap = int(fh.read().strip())
+    except (OSError, ValueError):
+        cap = None
+    if cap is not None and cap < backlog:
+        notes.append(f"the kernel caps a listen backlog at {cap} (net.core.somaxconn): connections of "
+                     f"{workers} worker processes beyond it wait for TCP's retries (seconds); a site may "
+                     f"raise it to {backlog}")
+    needed = FDS_PER_WORKER * workers + FDS_SPARE
+    if soft != limits.RLIM_INFINITY and soft < needed:
+        notes.append(f"the scheduler may hold {needed} files open for {workers} worker processes, and this "
+                     f"node lets it open {soft} (ulimit -Hn): ask the site for more, or run fewer processes")
+    return notes
 
 
 def hold_back_dashboard(dask_args: list, environ=os.environ) -> list:
@@ -295,6 +346,11 @@ def main(argv=None) -> None:
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
+    workers = settings.get("workers", "")
+    for note in size_for(role, int(workers) if workers.isdigit() else 0):
+        message = f"dask-pbs: warning: node {settings.get('node', '?')}: {note}\n"
+        os.write(job_err, message.encode())
+        os.write(2, message.encode())
     forkserver = uses_forkserver(role, dask_args)
     if role == "worker":
         dask_args = hold_back_worker_dashboard(

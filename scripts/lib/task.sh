@@ -16,6 +16,8 @@
 #   python=PYTHON  interface=auto|NAME|(empty: Dask's default)  iface=FILE (auto's choice)
 #   first=FIRST_NODE  scheduler_file=FILE  timeout=SECONDS  tls=DIR (empty: plain tcp)
 #   omp=OMP_THREADS   workers only: memory=BYTES|auto host_procs=P reserve_ppm=N reserve_bytes=N
+#   workers=N (optional: the job's worker processes; from 200 on, Dask's connect timeout and
+#   the scheduler's listen backlog follow the job's size, see dask_start.size_for)
 # Exit status: 2 usage; 3 no usable interface; 4 environment or certificates unreadable;
 # 7 too little memory; 127 no dask command.
 set -uo pipefail
@@ -23,11 +25,11 @@ started=${EPOCHREALTIME:-}  # bash 5: the task's line says how long its start to
 
 role="" env="" log=/dev/null pid="" node="?" kit="" python=python3 interface="" iface=""
 first="" scheduler_file="" timeout=120 tls="" omp=1 memory=auto host_procs=1 reserve_ppm=0
-reserve_bytes=0
+reserve_bytes=0 workers=""
 while [[ $# -gt 0 && $1 != -- ]]; do
   case ${1%%=*} in
     role | env | log | pid | node | kit | python | interface | iface | first | scheduler_file | \
-      timeout | tls | omp | memory | host_procs | reserve_ppm | reserve_bytes)
+      timeout | tls | omp | memory | host_procs | reserve_ppm | reserve_bytes | workers)
       printf -v "${1%%=*}" '%s' "${1#*=}"
       ;;
     *)
@@ -134,7 +136,7 @@ if [[ -n $dask_python ]]; then
     "$kit/helpers" role="$role" node="$node" log="$log" iface="$iface" interface="$interface" \
     first="$first" scheduler_file="$scheduler_file" timeout="$timeout" memory="$memory" \
     host_procs="$host_procs" reserve_ppm="$reserve_ppm" reserve_bytes="$reserve_bytes" \
-    started="$started" script="$dask_script" -- "$@"
+    started="$started" script="$dask_script" workers="$workers" -- "$@"
 fi
 
 # The other path: one helper call for the interface (auto) and a worker's memory limit.

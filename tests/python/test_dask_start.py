@@ -419,3 +419,38 @@ def test_the_roll_lists_workers_only_once_the_schedulers_pages_are_up(tmp_path, 
         plugin.watcher.cancel()
 
     asyncio.run(scenario())
+
+
+class FakeLimits:
+    """resource's getrlimit/setrlimit for RLIMIT_NOFILE, with a soft and a hard limit."""
+    RLIMIT_NOFILE, RLIM_INFINITY = 7, -1
+
+    def __init__(self, soft, hard):
+        self.soft, self.hard = soft, hard
+
+    def getrlimit(self, _which):
+        return self.soft, self.hard
+
+    def setrlimit(self, _which, pair):
+        self.soft, self.hard = pair
+
+
+def test_a_large_job_gets_a_connect_timeout_and_a_backlog_for_its_size(tmp_path):
+    cap = tmp_path / "somaxconn"
+    cap.write_text("4096\n")
+    limits, environ = FakeLimits(1024, 65536), {}
+    assert ds.size_for("worker", 16, environ, limits, str(cap)) == []
+    assert limits.soft == 65536 and environ == {}  # small: only the open-file limit
+    assert ds.size_for("worker", 4000, environ, limits, str(cap)) == []
+    assert environ == {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "80s"}
+    environ = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "300s"}  # the job's own stays
+    notes = ds.size_for("scheduler", 4000, environ, FakeLimits(1024, 4096), str(cap))
+    assert environ == {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "300s",
+                       "DASK_DISTRIBUTED__COMM__SOCKET_BACKLOG": "8064"}
+    assert notes == [
+        "the kernel caps a listen backlog at 4096 (net.core.somaxconn): connections of 4000 worker processes "
+        "beyond it wait for TCP's retries (seconds); a site may raise it to 8064",
+        "the scheduler may hold 8128 files open for 4000 worker processes, and this node lets it open 4096 "
+        "(ulimit -Hn): ask the site for more, or run fewer processes"]
+    cap.write_text("65535\n")
+    assert ds.size_for("scheduler", 4000, {}, FakeLimits(1024, 1 << 20), str(cap)) == []
