@@ -16,7 +16,7 @@ from .errors import USAGE, KitError
 USAGE_TEXT = """usage: kit.py banner --scheduler-file JOBFILE --published PUBLISHED --workers N --chunks C
                     --took SECONDS --dashboard network|loopback|off --node SCHEDNODE
                     --login-host HOST --log-dir DIR --interface KNOB
-                    [--tls-dir DIR --tls-config FILE]
+                    [--tls-dir DIR --tls-config FILE] [--layout TEXT]
 
 Print where the cluster described by JOBFILE (the job's own scheduler.json) is: N worker
 processes on C chunks, ready in SECONDS. PUBLISHED is the scheduler file users connect
@@ -24,13 +24,15 @@ with; SCHEDNODE the scheduler's node; HOST the login host of the SSH tunnel (emp
 LOGIN_NODE); DIR the job's log folder, where INTERFACE=auto tasks leave NODE.iface files
 (NODE INTERFACE ADDRESS HOW); KNOB the INTERFACE setting (empty: Dask's default). With
 --tls-dir, the connect line names the CA, client certificate and key in it, and
---tls-config the client's Dask configuration.
+--tls-config the client's Dask configuration; --layout TEXT, what runs on which chunks,
+is printed as the `workers:` line.
 exit status: 0 printed, 2 usage, 3 no JOBFILE, 4 incomplete JSON, 5 not a scheduler file"""
 
 OPTIONS = {name: "value" for name in (
     "--scheduler-file", "--published", "--workers", "--chunks", "--took", "--dashboard",
-    "--node", "--login-host", "--log-dir", "--interface", "--tls-dir", "--tls-config")}
-REQUIRED = [name for name in OPTIONS if name not in ("--tls-dir", "--tls-config")]
+    "--node", "--login-host", "--log-dir", "--interface", "--tls-dir", "--tls-config",
+    "--layout")}
+REQUIRED = [name for name in OPTIONS if name not in ("--tls-dir", "--tls-config", "--layout")]
 DASHBOARDS = ("network", "loopback", "off")
 DIGITS = "0123456789"  # not str.isdigit(): '²' is a digit to it, and no int
 
@@ -140,12 +142,15 @@ def connect_lines(published: str, node: str, tls_dir: str, tls_config: str) -> l
 
 def banner_lines(info: dict, published: str, workers: int, chunks: int, took: float,
                  dashboard: str, node: str, login_host: str, log_dir: str, interface: str,
-                 iface_records: list, tls_dir: str = "", tls_config: str = "") -> list:
-    """Every line of the banner, without newlines."""
+                 iface_records: list, tls_dir: str = "", tls_config: str = "",
+                 layout: str = "") -> list:
+    """Every line of the banner, without newlines. layout: what runs on which chunks (the
+    job's own summary), printed as the workers: line when given."""
     return [
         f"dask-pbs: cluster ready in {took:.2f} s: {plural(workers, 'worker process', 'worker processes')} "
         f"on {plural(chunks, 'chunk')}",
         f"  scheduler: {info['address']}",
+        *([f"  workers:   {layout}"] if layout else []),
         f"  network:   {network_text(interface, iface_records, log_dir)}",
         *dashboard_lines(info, dashboard, node, login_host),
         *connect_lines(published, node, tls_dir, tls_config),
@@ -177,4 +182,4 @@ def cli(argv: list) -> None:
         info, opts["--published"], _count(opts["--workers"], "--workers"),
         _count(opts["--chunks"], "--chunks"), args.number(opts["--took"], "--took"),
         opts["--dashboard"], opts["--node"], opts["--login-host"], opts["--log-dir"], knob,
-        records, opts.get("--tls-dir", ""), opts.get("--tls-config", ""))))
+        records, opts.get("--tls-dir", ""), opts.get("--tls-config", ""), opts.get("--layout", ""))))

@@ -60,9 +60,9 @@ def memory_per_process(chunk_bytes: int, processes: int, reserve: str = "10%") -
     if limit < MIN_WORKER_MEMORY:
         raise KitError(
             f"{format_size(chunk_bytes)} per chunk less a reserve of {reserve} leaves "
-            f"{limit} bytes for each of {processes} worker processes, below the "
-            f"{format_size(MIN_WORKER_MEMORY)} a worker needs (ask for more mem= in the "
-            "select statement, or fewer processes per chunk)",
+            f"{limit} bytes for each of {processes} Dask processes (the scheduler counts as "
+            f"one on its chunk), below the {format_size(MIN_WORKER_MEMORY)} a worker needs "
+            "(ask for more mem= in the select statement, or fewer processes per chunk)",
             BAD_VALUE,
         )
     return limit

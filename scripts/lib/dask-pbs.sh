@@ -121,7 +121,7 @@ dpk::check_knobs() {
   NTHREADS=${NTHREADS:-0}
   MEMORY_RESERVE=${MEMORY_RESERVE:-10%}
   WORKER_OMP_THREADS=${WORKER_OMP_THREADS:-1}
-  WORKER_ON_SCHEDULER_CHUNK=${WORKER_ON_SCHEDULER_CHUNK:-no}
+  WORKER_ON_SCHEDULER_CHUNK=${WORKER_ON_SCHEDULER_CHUNK:-auto}
   READY_TIMEOUT=${READY_TIMEOUT:-120}
   WALLTIME=${WALLTIME:-}
   WALLTIME_MARGIN=${WALLTIME_MARGIN:-60}
@@ -132,6 +132,8 @@ dpk::check_knobs() {
   TLS=${TLS:-yes}
   EXTRA_SCHEDULER_ARGS=${EXTRA_SCHEDULER_ARGS:-}
   EXTRA_WORKER_ARGS=${EXTRA_WORKER_ARGS:-}
+  WORKER_COMMAND=${WORKER_COMMAND:-auto}
+  EXTRA_CUDA_WORKER_ARGS=${EXTRA_CUDA_WORKER_ARGS:-}
   JUPYTER=${JUPYTER:-no}
   JUPYTER_DIR=${JUPYTER_DIR:-$PBS_O_WORKDIR}
   DPK_PYTHON=${DPK_PYTHON:-python3}
@@ -149,6 +151,8 @@ dpk::check_knobs() {
     dpk::die "WALLTIME=$WALLTIME is not a walltime: write it as PBS does, [[HH:]MM:]SS (e.g. 01:30:00)"
   [[ $WORKER_ON_SCHEDULER_CHUNK =~ ^(yes|no|auto)$ ]] ||
     dpk::die "WORKER_ON_SCHEDULER_CHUNK=$WORKER_ON_SCHEDULER_CHUNK must be yes, no or auto"
+  [[ $WORKER_COMMAND =~ ^(auto|dask-worker|dask-cuda-worker)$ ]] ||
+    dpk::die "WORKER_COMMAND=$WORKER_COMMAND must be auto (dask cuda worker on GPU chunks when dask-cuda is installed), dask-worker or dask-cuda-worker"
   [[ $TLS == yes || $TLS == no ]] ||
     dpk::die "TLS=$TLS must be yes (the default: only your certificates reach the cluster) or no (plain tcp)"
   [[ $DASHBOARD =~ ^(network|loopback|off)$ ]] ||
@@ -264,22 +268,28 @@ dpk::read_job() {
 
 # Read the launch plan (kit.py plan's tab-separated lines) from stdin.
 # Sets: DPK_P_JOB_SOURCE, DPK_P_WALLTIME_LEFT (-1: unknown), DPK_P_WALLTIME_SOURCE,
-# DPK_P_SCHED_{CHUNK,LINE,NODE}, DPK_P_EXPECTED (worker processes), and one
-# entry per worker chunk in DPK_P_W_{CHUNK,LINE,NODE,NPROC,THREADS,MEMORY,HOST_PROCS,PPM,BYTES}.
+# DPK_P_SCHED_{CHUNK,LINE,NODE}, DPK_P_EXPECTED (worker processes), and one entry per CPU
+# worker chunk, and per GPU of a GPU chunk, in DPK_P_W_{CHUNK,LINE,NODE,NPROC,THREADS,
+# MEMORY,HOST_PROCS,PPM,BYTES,GPU,CHUNK_GPUS,HOST_GPU,HOST_GPUS}.
 dpk::parse_plan() {
-  local kind a b c d e f g h i
+  local kind a b c d e f g h i j k l m
   DPK_P_W_CHUNK=() DPK_P_W_LINE=() DPK_P_W_NODE=() DPK_P_W_NPROC=() DPK_P_W_THREADS=()
   DPK_P_W_MEMORY=() DPK_P_W_HOST_PROCS=() DPK_P_W_PPM=() DPK_P_W_BYTES=()
+  DPK_P_W_GPU=() DPK_P_W_CHUNK_GPUS=() DPK_P_W_HOST_GPU=() DPK_P_W_HOST_GPUS=()
   DPK_P_EXPECTED=0 DPK_P_WALLTIME_LEFT=-1 DPK_P_WALLTIME_SOURCE=none DPK_P_JOB_SOURCE=""
-  while IFS=$'\t' read -r kind a b c d e f g h i; do
+  while IFS=$'\t' read -r kind a b c d e f g h i j k l m; do
     case $kind in
       job) DPK_P_JOB_SOURCE=$a ;;
       walltime) DPK_P_WALLTIME_LEFT=$b DPK_P_WALLTIME_SOURCE=$c ;;
       scheduler) DPK_P_SCHED_CHUNK=$a DPK_P_SCHED_LINE=$b DPK_P_SCHED_NODE=$c ;;
-      worker)
+      worker | gpu-worker)
         DPK_P_W_CHUNK+=("$a") DPK_P_W_LINE+=("$b") DPK_P_W_NODE+=("$c") DPK_P_W_NPROC+=("$d")
         DPK_P_W_THREADS+=("$e") DPK_P_W_MEMORY+=("$f") DPK_P_W_HOST_PROCS+=("$g")
         DPK_P_W_PPM+=("$h") DPK_P_W_BYTES+=("$i")
+        # A GPU chunk has one line per GPU: its GPU in the chunk, the chunk's GPUs, its
+        # entry in its host's device list and that list's length (empty on a CPU line).
+        DPK_P_W_GPU+=("${j:-}") DPK_P_W_CHUNK_GPUS+=("${k:-}") DPK_P_W_HOST_GPU+=("${l:-}")
+        DPK_P_W_HOST_GPUS+=("${m:-}")
         DPK_P_EXPECTED=$((DPK_P_EXPECTED + d))
         ;;
     esac
@@ -307,14 +317,26 @@ dpk::start_cluster() {
   dpk::start_task scheduler "$DPK_P_SCHED_CHUNK" "$DPK_P_SCHED_LINE" "$DPK_P_SCHED_NODE" 1 \
     -- "${args[@]}" "${extra[@]}"
 
-  local i
+  local i label
+  local -a gpu
   read -r -a extra <<<"$EXTRA_WORKER_ARGS"
   for i in "${!DPK_P_W_CHUNK[@]}"; do
-    args=(--scheduler-file "$DPK_F_JOB_SCHEDULER" --name "chunk-${DPK_P_W_CHUNK[i]}"
-      --nworkers "${DPK_P_W_NPROC[i]}" --nthreads "${DPK_P_W_THREADS[i]}")
-    dpk::start_task worker "${DPK_P_W_CHUNK[i]}" "${DPK_P_W_LINE[i]}" "${DPK_P_W_NODE[i]}" \
+    label=${DPK_P_W_CHUNK[i]} gpu=()
+    args=(--scheduler-file "$DPK_F_JOB_SCHEDULER" --nthreads "${DPK_P_W_THREADS[i]}")
+    if [[ -n ${DPK_P_W_GPU[i]} ]]; then
+      # One task per GPU: it sees only its own device (task.sh asks kit.py gpu which).
+      label=${DPK_P_W_CHUNK[i]}-gpu${DPK_P_W_GPU[i]}
+      args+=(--name "chunk-$label" --resources GPU=1)
+      gpu=(gpu="${DPK_P_W_HOST_GPU[i]}" gpus="${DPK_P_W_HOST_GPUS[i]}"
+        chunk_gpus="${DPK_P_W_CHUNK_GPUS[i]}" worker_command="$WORKER_COMMAND"
+        cuda_args="$EXTRA_CUDA_WORKER_ARGS")
+    else
+      args+=(--name "chunk-$label" --nworkers "${DPK_P_W_NPROC[i]}")
+    fi
+    dpk::start_task worker "$label" "${DPK_P_W_LINE[i]}" "${DPK_P_W_NODE[i]}" \
       "${DPK_P_W_NPROC[i]}" memory="${DPK_P_W_MEMORY[i]}" host_procs="${DPK_P_W_HOST_PROCS[i]}" \
-      reserve_ppm="${DPK_P_W_PPM[i]}" reserve_bytes="${DPK_P_W_BYTES[i]}" -- "${args[@]}" "${extra[@]}"
+      reserve_ppm="${DPK_P_W_PPM[i]}" reserve_bytes="${DPK_P_W_BYTES[i]}" "${gpu[@]}" \
+      -- "${args[@]}" "${extra[@]}"
   done
   dpk::log_workers
 }
@@ -345,20 +367,44 @@ dpk::start_task() {
   DPK_T_WATCH+=(--watch "$role:$chunk:$node:$!:$log:$nproc")
 }
 
-# Say what runs where, in one line of the job's log.
+# Say what runs where, in one line of the job's log (and the banner's `workers:` line):
+# consecutive chunks that run the same are told once. Sets DPK_LAYOUT.
 dpk::log_workers() {
-  local memory=${DPK_P_W_MEMORY[0]} threads="${DPK_P_W_THREADS[0]} threads"
-  [[ ${DPK_P_W_THREADS[0]} == 1 ]] && threads="1 thread"
-  if [[ $memory == auto ]]; then
-    memory="a share of what each host grants (no mem= known: see each worker's log)"
-  else
-    memory="$memory bytes each, or less if a host grants less"
-  fi
-  local processes="$DPK_P_EXPECTED worker processes" chunks="${#DPK_P_W_CHUNK[@]} chunks"
+  local i chunk what last="" from="" to="" out="" processes threads memory
+  local -a parts=()
+  for i in "${!DPK_P_W_CHUNK[@]}"; do
+    chunk=${DPK_P_W_CHUNK[i]}
+    [[ -n ${DPK_P_W_GPU[i]} && ${DPK_P_W_GPU[i]} != 0 ]] && continue  # told with GPU 0
+    threads="${DPK_P_W_THREADS[i]} threads"
+    [[ ${DPK_P_W_THREADS[i]} == 1 ]] && threads="1 thread"
+    memory="${DPK_P_W_MEMORY[i]} bytes"
+    [[ ${DPK_P_W_MEMORY[i]} == auto ]] && memory="a share of its host's"
+    if [[ -n ${DPK_P_W_GPU[i]} ]]; then
+      what="${DPK_P_W_CHUNK_GPUS[i]} GPU workers (one per GPU, GPU=1) of $threads, memory $memory"
+    else
+      processes="${DPK_P_W_NPROC[i]} worker processes"
+      [[ ${DPK_P_W_NPROC[i]} == 1 ]] && processes="1 worker process"
+      what="$processes of $threads, memory $memory"
+    fi
+    [[ $chunk == "$DPK_P_SCHED_CHUNK" && $DPK_MODE != workers ]] && what+=" (beside the scheduler)"
+    if [[ $what == "$last" && $chunk == $((to + 1)) ]]; then
+      to=$chunk
+      continue
+    fi
+    [[ -n $last ]] && parts+=("$(dpk::chunks_text "$from" "$to"): $last")
+    from=$chunk to=$chunk last=$what
+  done
+  [[ -n $last ]] && parts+=("$(dpk::chunks_text "$from" "$to"): $last")
+  out=$(IFS=';'; printf '%s' "${parts[*]}")
+  DPK_LAYOUT=${out//;/; }
+  processes="$DPK_P_EXPECTED worker processes"
   [[ $DPK_P_EXPECTED == 1 ]] && processes="1 worker process"
-  [[ ${#DPK_P_W_CHUNK[@]} == 1 ]] && chunks="1 chunk"
-  dpk::log "starting $processes on $chunks ($NWORKERS per chunk; chunk ${DPK_P_W_CHUNK[0]}:" \
-    "$threads, memory $memory)"
+  dpk::log "starting $processes: $DPK_LAYOUT"
+}
+
+# "chunk 3" or "chunks 1-31". Arguments: from to.
+dpk::chunks_text() {
+  if [[ $1 == "$2" ]]; then printf 'chunk %s' "$1"; else printf 'chunks %s-%s' "$1" "$2"; fi
 }
 
 # ------------------------------------------------------------------ 5 wait
@@ -388,8 +434,12 @@ dpk::wait_ready() {
 dpk::announce() {
   local -a tls=()
   [[ -n $DPK_TLS_DIR ]] && tls=(--tls-dir "$DPK_TLS_DIR" --tls-config "$DPK_F_TLS_CONFIG")
+  local -A chunks=()
+  local chunk
+  for chunk in "${DPK_P_W_CHUNK[@]}"; do chunks[$chunk]=1; done
   "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" banner --scheduler-file "$DPK_F_JOB_SCHEDULER" \
-    --published "$SCHEDULER_FILE" --workers "$DPK_P_EXPECTED" --chunks "${#DPK_P_W_CHUNK[@]}" \
+    --published "$SCHEDULER_FILE" --workers "$DPK_P_EXPECTED" --chunks "${#chunks[@]}" \
+    --layout "$DPK_LAYOUT" \
     --took "$(dpk::seconds "$((DPK_READY_US - DPK_STARTED_US))")" --dashboard "$DASHBOARD" \
     --node "$DPK_P_SCHED_NODE" --login-host "${PBS_O_HOST:-LOGIN_NODE}" --log-dir "$LOG_DIR" \
     --interface "$INTERFACE" "${tls[@]}" >"$DPK_F_INFO" 2>"$DPK_F_ERR.banner.err" ||
@@ -526,6 +576,7 @@ dpk::hold() {
 # Reads and sets DPK_ROLL_SEEN (the roll as last seen).
 dpk::count_workers() {
   local roll count
+  [[ -n ${DPK_F_ROLL:-} ]] || return 0
   dpk::read_file roll "$DPK_F_ROLL"
   [[ $roll != "${DPK_ROLL_SEEN-$roll}" ]] || { DPK_ROLL_SEEN=$roll; return 0; }
   DPK_ROLL_SEEN=$roll

@@ -56,7 +56,8 @@ load test_helper
   submit launch-dask-cluster-process-with-path.pbs -l select=2:ncpus=4:mem=512mb
   [ "$status" -eq 1 ]
   run job_output dask-cluster-procs
-  [[ $output == *"512mb per chunk less a reserve of 10% leaves"*"for each of 4 worker processes"* ]]
+  # Chunk 0: 4 workers and the scheduler (WORKER_ON_SCHEDULER_CHUNK=auto).
+  [[ $output == *"512mb per chunk less a reserve of 10% leaves"*"for each of 5 Dask processes (the scheduler counts as one on its chunk)"* ]]
 }
 
 @test "a TLS or DASHBOARD value the kit does not know is refused before anything starts" {

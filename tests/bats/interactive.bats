@@ -26,14 +26,16 @@ print("cwd", set(client.run(os.getcwd).values()))
 '
   echo "$output"
   [ "$status" -eq 0 ]
-  [[ $output == *"workers 2"* ]]
-  [[ $output == *"threads [2, 2]"* ]]
-  # 2gb less 10% (the reserve rounded down): 1932735284 bytes per worker.
-  [[ $output == *"memory [1932735284, 1932735284]"* ]]
-  [[ $output == *"names ['chunk-1', 'chunk-2']"* ]]
+  # WORKER_ON_SCHEDULER_CHUNK=auto: chunk 0's 2 cores hold the scheduler and a worker of 1.
+  [[ $output == *"workers 3"* ]]
+  [[ $output == *"threads [1, 2, 2]"* ]]
+  # 2gb less 10% (the reserve rounded down): 1932735284 bytes per worker, halved on chunk 0.
+  [[ $output == *"memory [966367642, 1932735284, 1932735284]"* ]]
+  [[ $output == *"names ['chunk-0', 'chunk-1', 'chunk-2']"* ]]
+  [[ $output == *"tmpdir $FAKEPBS_HOME/tmp/pbs.$jobid.node00"* ]]
   [[ $output == *"tmpdir $FAKEPBS_HOME/tmp/pbs.$jobid.node01"* ]]
   [[ $output == *"tmpdir $FAKEPBS_HOME/tmp/pbs.$jobid.node02"* ]]
-  [[ $output == *"localdirs ['$FAKEPBS_HOME/tmp/pbs.$jobid.node01', '$FAKEPBS_HOME/tmp/pbs.$jobid.node02']"* ]]
+  [[ $output == *"localdirs ['$FAKEPBS_HOME/tmp/pbs.$jobid.node00', '$FAKEPBS_HOME/tmp/pbs.$jobid.node01', '$FAKEPBS_HOME/tmp/pbs.$jobid.node02']"* ]]
   [[ $output == *"odd {'a b \$HOME é'}"* ]]
   [[ $output == *"omp {'1'}"* ]]
   [[ $output == *"cwd {'$BATS_TEST_TMPDIR'}"* ]]
@@ -83,10 +85,10 @@ print("threads", sorted(w["nthreads"] for w in info))
 print("memory", sorted(w["memory_limit"] for w in info))
 '
   echo "$output"
-  [[ $output == *"workers 2 ['chunk-1-0', 'chunk-1-1']"* ]]
-  [[ $output == *"threads [1, 1]"* ]]
-  # 4gb less 10%, divided by 2 processes.
-  [[ $output == *"memory [1932735283, 1932735283]"* ]]
+  [[ $output == *"workers 4 ['chunk-0-0', 'chunk-0-1', 'chunk-1-0', 'chunk-1-1']"* ]]
+  [[ $output == *"threads [1, 1, 1, 1]"* ]]
+  # 4gb less 10%, divided by 2 processes (by 3 on chunk 0, where the scheduler runs too).
+  [[ $output == *"memory [1288490189, 1288490189, 1932735283, 1932735283]"* ]]
   qdel "$jobid"
   wait "$JOB_QSUB_PID"
   assert_no_job_processes

@@ -65,7 +65,7 @@ await_pid_files() {
   run lib 'DPK_MODE=interactive PBS_JOBID=7.srv PBS_O_WORKDIR=/w; dpk::check_knobs
     echo "$INTERFACE|$NWORKERS|$NTHREADS|$MEMORY_RESERVE|$WORKER_ON_SCHEDULER_CHUNK|$READY_TIMEOUT|$WALLTIME|$WALLTIME_MARGIN|$STOP_TIMEOUT|$TLS|$DASHBOARD|$SCHEDULER_FILE|$LOG_DIR"'
   [ "$status" -eq 0 ]
-  [ "$output" = "auto|1|0|10%|no|120||60|8|yes|network|/w/scheduler.json|/w/dask-logs/7.srv" ]
+  [ "$output" = "auto|1|0|10%|auto|120||60|8|yes|network|/w/scheduler.json|/w/dask-logs/7.srv" ]
 }
 
 @test "check_knobs refuses each bad value with the knob's name, before anything starts" {

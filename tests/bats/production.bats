@@ -8,7 +8,7 @@ load test_helper
   [ "$status" -eq 0 ]
   run job_output dask-wordcount
   [[ $output == *"cluster ready in"* ]]
-  [[ $output == *"counting words in "*" files on 2 workers"* ]]
+  [[ $output == *"counting words in "*" files on 3 workers"* ]]  # one beside the scheduler
   [[ $output == *"top 10 words:"* ]]
   [[ $output =~ total:\ [0-9]+\ words ]]
   [[ $output == *"the program exited with status 0"* ]]
@@ -98,7 +98,8 @@ PY
   [[ $output =~ cluster\ stopped\ [0-9.]+\ s\ after\ the\ program\ ended ]]
   logs=(dask-logs/*)
   # Every worker process stopped because the scheduler's plugin told it to.
-  [ "$(cat "${logs[0]}"/worker-*.log | grep -c 'Stopping worker at .* Reason: dask-pbs-kit: job ending')" -eq 6 ]
+  # 2 on each of the 4 chunks (chunk 0's 2 cores hold the scheduler and 2 workers of 1 thread).
+  [ "$(cat "${logs[0]}"/worker-*.log | grep -c 'Stopping worker at .* Reason: dask-pbs-kit: job ending')" -eq 8 ]
   [ -e "${logs[0]}/scheduler.closed" ]
   [ ! -s "${logs[0]}/workers.txt" ]
   ! grep -q ERROR "${logs[0]}/scheduler-0.log"

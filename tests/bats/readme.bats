@@ -37,7 +37,7 @@ kit_copy() {
   run .venv/bin/python examples/lookup-table.py
   echo "$output"
   [ "$status" -eq 0 ]
-  [[ $output == *"<Client: 'tls://127.0.0.1:"*"processes=2"* ]]
+  [[ $output == *"<Client: 'tls://127.0.0.1:"*"processes=3"* ]]
   [[ $output == *"940.0"* ]]
   [[ $output == *"200 rows, 12 columns"* ]]
   run python3 helpers/dashboard_url.py scheduler.json --tunnel me@login1.cluster
@@ -65,7 +65,8 @@ kit_copy() {
   local template line
   for template in scripts/*.pbs; do
     line=$(sed -n 's/^#   \(.*connect(.*\)$/\1/p' "$template")
-    [[ $template == *wordcount* ]] && continue  # production: PROGRAM needs no line
+    # Production (PROGRAM needs no line) and worker jobs (they join a cluster) show none.
+    [[ $template == *wordcount* || $template == *workers* ]] && continue
     [ -n "$line" ]
     lines_seen+=("$line")
   done

@@ -39,7 +39,8 @@ GiB=1073741824
   start_cluster -V -l select=3:ncpus=2:mem=2gb -l walltime=00:05:00
   run worker_table
   echo "$output"
-  [ "$output" = "chunk-1 2 1932735284
+  [ "$output" = "chunk-0 1 966367642
+chunk-1 2 1932735284
 chunk-2 2 1932735284" ]
   run job_output_so_far
   [[ $output == *"read the job's chunks from qstat -f -F json (invalid JSON from an OpenPBS <= 23.06 qstat, read leniently)"* ]]
@@ -56,7 +57,8 @@ chunk-2 2 1932735284" ]
     -v "LONG_ONE=$(printf 'x%.0s' {1..200}),OTHER=$(printf 'y,%.0s' {1..5})"
   run worker_table
   echo "$output"
-  [ "$output" = "chunk-1 2 3865470567
+  [ "$output" = "chunk-0 1 1932735283
+chunk-1 2 3865470567
 chunk-2 2 3865470567" ]
   run job_output_so_far
   [[ $output == *"read the job's chunks from qstat -f"* ]]
@@ -70,7 +72,8 @@ chunk-2 2 3865470567" ]
   export FAKEPBS_DEFAULT_CHUNK=ncpus=2:mem=2gb
   start_cluster -l select=3 -l walltime=00:05:00
   run worker_table
-  [ "$output" = "chunk-1 2 1932735284
+  [ "$output" = "chunk-0 1 966367642
+chunk-1 2 1932735284
 chunk-2 2 1932735284" ]
   qdel_and_wait
   assert_no_job_processes
@@ -194,7 +197,8 @@ for name, node in sorted(client.run(lambda dask_worker: (dask_worker.name, os.en
     print(name, node)
 '
   echo "$output"
-  [ "$output" = "chunk-1 1
+  [ "$output" = "chunk-0 0
+chunk-1 1
 chunk-2 2" ]
   qdel_and_wait
   assert_no_job_processes
@@ -228,8 +232,11 @@ chunk-2 1 966367642" ]
   start_cluster -l select=2:ncpus=2 -l walltime=00:05:00 -v NWORKERS=2
   run worker_table
   echo "$output"
-  # 1gb less 10%, for the 2 worker processes of that host.
-  [ "$output" = "chunk-1-0 1 483183821
+  # 1gb less 10%, for the Dask processes of each host: node01's 2 workers, node00's 2
+  # workers and the scheduler.
+  [ "$output" = "chunk-0-0 1 322122547
+chunk-0-1 1 322122547
+chunk-1-0 1 483183821
 chunk-1-1 1 483183821" ]
   qdel_and_wait
   rm -f dask-cluster-path.o*
@@ -237,9 +244,10 @@ chunk-1-1 1 483183821" ]
   start_cluster -l select=3:ncpus=2:mem=2gb -l place=pack -l walltime=00:05:00 -v NWORKERS=2
   run worker_table
   echo "$output"
-  # The host's cgroup is the sum of its chunks' mem (6gb for 5 Dask processes): each
-  # chunk's own share (2gb less 10%, halved) fits in it and stands.
-  [ "$(awk '{print $3}' <<<"$output" | sort -u)" = 966367642 ]
+  # The host's cgroup is the sum of its chunks' mem: 6gb for 7 Dask processes (6 workers and
+  # the scheduler). Chunk 0's own share (2gb less 10%, for 2 workers and the scheduler)
+  # fits in it; chunks 1 and 2's (halved) does not: the host's share caps them.
+  [ "$(awk '{print $3}' <<<"$output" | sort -u | tr '\n' ' ')" = "644245094 828315121 " ]
   qdel_and_wait
   assert_no_job_processes
 }

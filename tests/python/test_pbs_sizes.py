@@ -39,7 +39,7 @@ def test_reserve_can_be_a_size():
 
 
 def test_too_small_a_share_is_refused_with_the_numbers():
-    with pytest.raises(KitError, match="for each of 8 worker processes, below the 256mb"):
+    with pytest.raises(KitError, match="for each of 8 Dask processes .the scheduler counts as one on its chunk., below the 256mb"):
         memory_per_process(GiB, 8)
 
 
