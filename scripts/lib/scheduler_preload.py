@@ -12,8 +12,9 @@ cluster is ready; default: cluster-info.txt beside the roll) and DASK_PBS_KIT_DA
 (seconds, default 30: the workers' dashboards come then at the latest).
 
 - Roll call: the names of the registered workers, in FILE, rewritten at a change (at most
-  every ROLL_EVERY seconds: when thousands of workers register at once, one rewrite covers
-  many, where one each would write the whole roll once per worker). The job script waits
+  every ROLL_EVERY seconds per name on it: when thousands of workers register at once, one
+  rewrite covers many, where one each would write the whole roll once per worker, on the
+  shared file system). The job script waits
   for it to list every expected worker: the scheduler itself says when the cluster is
   whole, and the job needs no Dask client (and no second `import distributed` competing
   with the workers for the node's cores) to know it.
@@ -49,7 +50,9 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 REASON = "dask-pbs-kit: job ending"  # in every worker's log: "Stopping worker ... Reason: ..."
 ASKS = "dask-pbs-kit"                # a worker's startup information: its dashboard comes later
 OP = "dask-pbs-kit-dashboard"        # the stream message that tells such a worker to add it
-ROLL_EVERY = 0.05                    # seconds between two rewrites of the roll, at least
+ROLL_EVERY = 0.00005                 # seconds between two rewrites of the roll, at least, per
+ROLL_EVERY_MIN = 0.005               # name on it (10 ms for 200 names, 0.2 s for 4,000): at
+                                     # most ~300 KB/s of roll written, whatever its size
 logger = logging.getLogger("distributed.preloading")
 
 
@@ -79,7 +82,7 @@ class JobPlugin(SchedulerPlugin):
         self.scheduler = None
         self.watcher = None
         self.pages = None  # the scheduler's pages being added (a Task); the roll waits for it
-        self.last_write = -ROLL_EVERY
+        self.last_write = -1.0
         self.pending = None  # the rewrite that is due (a TimerHandle), if any
 
     async def start(self, scheduler) -> None:
@@ -129,7 +132,8 @@ class JobPlugin(SchedulerPlugin):
         while the scheduler's pages are being added, once they are."""
         if self.pending is not None or self.pages is not None:
             return
-        wait = self.last_write + ROLL_EVERY - time.monotonic()
+        every = max(ROLL_EVERY_MIN, ROLL_EVERY * len(self.scheduler.workers))
+        wait = self.last_write + every - time.monotonic()
         if wait <= 0:
             self.write()
         else:
