@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +17,9 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 KIT = HERE.parents[1]
-FAKEPBS_BIN = KIT / "tests" / "fakepbs" / "bin"
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(KIT / "tests" / "fakepbs"))
+sys.path.insert(0, str(KIT / "tests" / "python"))
+from conftest import fakepbs  # noqa: E402,F401  (the fixture: a private fake PBS, no job left)
 from cuda_driver import cuda_devices  # noqa: E402
 
 UUID = re.compile(r"GPU-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
@@ -100,24 +99,6 @@ def test_the_query_against_the_stub_driver(stub_libcuda, monkeypatch):
 
 
 # ------------------------------------------------------------------ a job, where a GPU is
-
-
-@pytest.fixture
-def fakepbs(tmp_path, monkeypatch):
-    """A private fake PBS (as tests/python/conftest.py's): no job left behind."""
-    from fakepbs import job_processes
-
-    home = tmp_path / "pbs"
-    monkeypatch.setenv("FAKEPBS_HOME", str(home))
-    monkeypatch.setenv("FAKEPBS_KILL_DELAY", "2")
-    monkeypatch.setenv("PATH", f"{FAKEPBS_BIN}:/usr/bin:/bin")
-    monkeypatch.chdir(tmp_path)
-    yield home
-    for pid in job_processes(home):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.skipif(not DEVICES, reason=NO_GPU)

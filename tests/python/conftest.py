@@ -1,6 +1,7 @@
 """Shared fixtures: the helpers on sys.path, real Dask schedulers, a private fake PBS."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,14 +19,25 @@ from fakepbs import job_processes  # noqa: E402  (re-exported to the tests)
 DASK = str(Path(sys.executable).with_name("dask"))
 
 
-@pytest.fixture
-def real_scheduler_file(tmp_path):
-    """A scheduler.json written by a real `dask scheduler`; the process is stopped after."""
-    path = tmp_path / "scheduler.json"
+def stop_session(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM the process group of proc (started with start_new_session=True); SIGKILL
+    it if proc has not ended within timeout seconds."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextlib.contextmanager
+def dask_scheduler(path: Path, *options: str, env: dict | None = None):
+    """A real `dask scheduler` on 127.0.0.1 (more options: options), until it has written
+    its scheduler file to path; stopped on leaving."""
     proc = subprocess.Popen(
         [DASK, "scheduler", "--scheduler-file", str(path), "--host", "127.0.0.1",
-         "--port", "0", "--dashboard-address", "127.0.0.1:0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+         "--port", "0", "--dashboard-address", "127.0.0.1:0", *options],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -35,12 +47,23 @@ def real_scheduler_file(tmp_path):
             time.sleep(0.05)
         yield path
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        stop_session(proc)
+
+
+@pytest.fixture
+def real_scheduler_file(tmp_path):
+    """A scheduler.json written by a real `dask scheduler`; the process is stopped after."""
+    with dask_scheduler(tmp_path / "scheduler.json") as path:
+        yield path
+
+
+def kill_job_processes(home) -> None:
+    """SIGKILL whatever of the jobs run under FAKEPBS_HOME=home still runs."""
+    for pid in job_processes(home):
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture
@@ -52,11 +75,7 @@ def fakepbs(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{FAKEPBS_BIN}:/usr/bin:/bin")
     monkeypatch.chdir(tmp_path)
     yield home
-    for pid in job_processes(home):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_job_processes(home)
     import netns  # a failed test must not leave namespaces behind either
 
     netns.clean_all(str(home))

@@ -4,14 +4,12 @@ from __future__ import annotations
 import ast
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import DASK, KIT
+from conftest import KIT, dask_scheduler
 from dask_pbs_kit import banner, kit_cli
 from dask_pbs_kit.errors import MISSING, USAGE
 
@@ -192,24 +190,8 @@ def tls_scheduler(tmp_path):
            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(tls / "ca.pem"),
            "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__CERT": str(tls / "cluster.pem"),
            "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY": str(tls / "cluster.key")}
-    path = tmp_path / "logs" / "scheduler.json"
-    proc = subprocess.Popen([DASK, "scheduler", "--scheduler-file", str(path), "--host", "127.0.0.1",
-                             "--protocol", "tls", "--port", "0", "--dashboard-address", "127.0.0.1:0"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not path.exists() or not path.read_text().strip().endswith("}"):
-            assert proc.poll() is None, "dask scheduler exited"
-            assert time.monotonic() < deadline, "no scheduler file after 60 s"
-            time.sleep(0.05)
+    with dask_scheduler(tmp_path / "logs" / "scheduler.json", "--protocol", "tls", env=env) as path:
         yield path, tls
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def paste(line: str) -> subprocess.CompletedProcess:

@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKEPBS_BIN, job_processes
+from conftest import FAKEPBS_BIN, job_processes, kill_job_processes
 from test_fakepbs import netns_possible, output, qsub, script, wait_finished
 
 FAKEPBS = str(FAKEPBS_BIN.parent / "fakepbs.py")
@@ -25,11 +24,7 @@ def pbs(fakepbs, monkeypatch):
     import cgroups
     import netns
 
-    for pid in job_processes(fakepbs):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_job_processes(fakepbs)
     cgroups.clean_all(str(fakepbs))
     netns.clean_all(str(fakepbs))
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import DASK, KIT
+from conftest import DASK, KIT, stop_session
 from dask_pbs_kit import gpus, kit_cli
 from dask_pbs_kit.errors import BAD_VALUE, USAGE
 from launch_hook import gpu_uuid
@@ -328,12 +328,7 @@ def test_the_standin_records_its_arguments_and_a_cluster_forms(real_scheduler_fi
             "--resources", "GPU=1", "--dashboard-address", ":0", "--local-directory", str(tmp_path),
             "--scheduler-file", str(real_scheduler_file), "--interface", "lo", "--no-dashboard"]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_session(proc, timeout=30)
         log.close()
     deadline = time.monotonic() + 10  # the nanny's worker process goes with it
     while time.monotonic() < deadline:
