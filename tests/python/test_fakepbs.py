@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import job_processes
+import netns  # of tests/fakepbs, which conftest puts on sys.path
 
 
 def qsub(*args, block=True, check_rc=None):
@@ -219,22 +220,21 @@ ls -d "$TMPDIR" > "$PBS_O_WORKDIR/tmpdir"
 
 # ---------------------------------------------------------------- FAKEPBS_NETNS=1
 
-def netns_possible() -> bool:
-    import netns
-
+def runs(check, error: type) -> bool:
+    """Whether check() returns rather than raise error (what a mode of the fake needs: root, ip,
+    a writable cgroup)."""
     try:
-        netns.ip_command()
-    except netns.NetnsError:
+        check()
+    except error:
         return False
     return True
 
 
-needs_netns = pytest.mark.skipif(not netns_possible(), reason="needs root and ip (network namespaces)")
+needs_netns = pytest.mark.skipif(not runs(netns.ip_command, netns.NetnsError),
+                                 reason="needs root and ip (network namespaces)")
 
 
 def namespaces_and_links(home) -> list:
-    import netns
-
     tag = netns.tag_of(str(home))
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
@@ -307,8 +307,6 @@ sleep 60
 
 @needs_netns
 def test_netns_clean_removes_what_a_killed_mom_left(fakepbs, tmp_path):
-    import netns
-
     spec = netns.plan(str(fakepbs), 99, ["node00", "node01"])
     netns.up(spec)
     assert len(namespaces_and_links(fakepbs)) == 4
@@ -319,8 +317,6 @@ def test_netns_clean_removes_what_a_killed_mom_left(fakepbs, tmp_path):
 
 
 def test_netns_without_root_is_refused_with_what_to_do(fakepbs, tmp_path, monkeypatch):
-    import netns
-
     monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
     with pytest.raises(netns.NetnsError, match="needs root and iproute2's ip .*unset FAKEPBS_NETNS"):
         netns.plan(str(fakepbs), 1, ["node00"])

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKEPBS_BIN, job_processes, kill_job_processes
-from test_fakepbs import netns_possible, output, qsub, script, wait_finished
+import cgroups  # of tests/fakepbs, which conftest puts on sys.path
+import netns
+from test_fakepbs import needs_netns, output, qsub, script, runs, wait_finished
 
 FAKEPBS = str(FAKEPBS_BIN.parent / "fakepbs.py")
 
@@ -21,9 +23,6 @@ def pbs(fakepbs, monkeypatch):
     monkeypatch.setenv("FAKEPBS_KILL_DELAY", "2")
     monkeypatch.setenv("FAKEPBS_POLL", "0.05")
     yield fakepbs
-    import cgroups
-    import netns
-
     kill_job_processes(fakepbs)
     cgroups.clean_all(str(fakepbs))
     netns.clean_all(str(fakepbs))
@@ -288,18 +287,8 @@ def test_processes_subcommand_lists_a_running_jobs_processes(pbs, tmp_path):
 
 # ---------------------------------------------------------------- FAKEPBS_CGROUP
 
-def cgroup_possible() -> bool:
-    import cgroups
-
-    try:
-        cgroups.check()
-    except cgroups.CgroupError:
-        return False
-    return True
-
-
-needs_cgroup = pytest.mark.skipif(not cgroup_possible(), reason="needs root and a writable memory cgroup")
-needs_netns = pytest.mark.skipif(not netns_possible(), reason="needs root and ip (network namespaces)")
+needs_cgroup = pytest.mark.skipif(not runs(cgroups.check, cgroups.CgroupError),
+                                  reason="needs root and a writable memory cgroup")
 
 CGROUP_BODY = r"""pbsdsh -- /bin/sh -c '
 path=$(sed -n "s/^[0-9]*:[a-z,]*memory[a-z,]*://p" /proc/self/cgroup)
@@ -312,8 +301,6 @@ ls /sys/fs/cgroup/memory >/dev/null && echo done
 @needs_cgroup
 @pytest.mark.parametrize("netns_mode", [False, pytest.param(True, marks=needs_netns)])
 def test_cgroup_limits_each_hosts_memory(pbs, tmp_path, monkeypatch, netns_mode):
-    import cgroups
-
     monkeypatch.setenv("FAKEPBS_CGROUP", "1")
     if netns_mode:
         monkeypatch.setenv("FAKEPBS_NETNS", "1")
@@ -328,8 +315,6 @@ def test_cgroup_limits_each_hosts_memory(pbs, tmp_path, monkeypatch, netns_mode)
 
 
 def test_cgroup_refused_without_a_writable_cgroup(pbs, monkeypatch):
-    import cgroups
-
     monkeypatch.setattr(cgroups.os, "geteuid", lambda: 1000)
     with pytest.raises(cgroups.CgroupError, match="needs a writable memory cgroup"):
         cgroups.check()
@@ -339,8 +324,6 @@ def test_cgroup_refused_without_a_writable_cgroup(pbs, monkeypatch):
 
 @needs_netns
 def test_netns_links_and_name_resolution(pbs, tmp_path, monkeypatch):
-    import netns
-
     monkeypatch.setenv("FAKEPBS_NETNS", "1")
     monkeypatch.setenv("FAKEPBS_NETNS_LINKS", "ib0,eth1,eth9:dark")
     monkeypatch.setenv("FAKEPBS_NETNS_RESOLVE", "eth1")
