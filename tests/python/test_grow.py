@@ -57,7 +57,7 @@ def cluster_files(root, address, tls=True):
 
 class Listener:
     """A TCP port that takes connections: silent (the kernel's backlog only), or a TLS server
-    with the certificate of another job's CA."""
+    with the certificate of another job's CA. Closed on leaving a `with` block."""
 
     def __init__(self, cert_dir=None):
         self.sock = socket.socket()
@@ -87,6 +87,12 @@ class Listener:
         self.sock.close()
         if self.thread is not None:
             self.thread.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def refused(capsys, argv, code, *words):
@@ -176,19 +182,15 @@ def test_a_stale_tls_file_without_certificates_is_gone_not_missing_files(tmp_pat
 
 
 def test_a_closed_marker_says_gone_though_the_port_answers(tmp_path, capsys):
-    listener = Listener()
-    try:
+    with Listener() as listener:
         path, log_dir = cluster_files(tmp_path, f"tcp://127.0.0.1:{listener.port}", tls=False)
         (log_dir / "scheduler.closed").write_text("closed\n")
         refused(capsys, ["join-check", str(path)], CLUSTER_GONE,
                 f"the cluster's scheduler has closed ({log_dir}/scheduler.closed is there)")
-    finally:
-        listener.close()
 
 
 def test_a_cluster_whose_log_folder_cannot_be_found(tmp_path, capsys):
-    listener = Listener()
-    try:
+    with Listener() as listener:
         path, log_dir = cluster_files(tmp_path, f"tcp://127.0.0.1:{listener.port}", tls=False)
         (log_dir / "scheduler.json").unlink()  # TLS=no: found through dask-logs/*/scheduler.json only
         refused(capsys, ["join-check", str(path)], MISSING,
@@ -200,58 +202,44 @@ def test_a_cluster_whose_log_folder_cannot_be_found(tmp_path, capsys):
         assert capsys.readouterr().out == (
             f"address tcp://127.0.0.1:{listener.port}\nscheduler_file {log_dir}/scheduler.json\n"
             f"log_dir {log_dir}\ncluster_job {JOB}\nprefix job-5-\n")
-    finally:
-        listener.close()
 
 
 def test_tls_cluster_without_its_client_configuration(tmp_path, capsys):
-    listener = Listener()
-    try:
+    with Listener() as listener:
         path, _ = cluster_files(tmp_path, f"tls://127.0.0.1:{listener.port}")
         (tmp_path / "scheduler.tls.json").unlink()
         refused(capsys, ["join-check", str(path)], NO_TLS_FILES,
                 f"{tmp_path}/scheduler.tls.json, its client configuration, is missing")
         (tmp_path / "scheduler.tls.json").write_text('{"distributed": {}}')
         refused(capsys, ["join-check", str(path)], NO_TLS_FILES, "not a dask-pbs-kit client configuration")
-    finally:
-        listener.close()
 
 
 @pytest.mark.parametrize("name", ["ca.pem", "client.key", "cluster.pem", "cluster.key"])
 def test_tls_cluster_without_one_certificate_file(tmp_path, capsys, name):
-    listener = Listener()
-    try:
+    with Listener() as listener:
         path, log_dir = cluster_files(tmp_path, f"tls://127.0.0.1:{listener.port}")
         (log_dir / "tls" / name).unlink()
         refused(capsys, ["join-check", str(path)], NO_TLS_FILES,
                 f"{log_dir}/tls/{name}: missing, though {tmp_path}/scheduler.tls.json names the "
                 f"cluster's certificates in {log_dir}/tls/")
-    finally:
-        listener.close()
 
 
 def test_another_program_with_another_ca_at_the_port_is_no_cluster(tmp_path, capsys):
     other = tmp_path / "other"
     assert kit_cli.main(["tls", str(other), "--name", "other"]) == 0
-    listener = Listener(cert_dir=other)
-    try:
+    with Listener(cert_dir=other) as listener:
         path, _ = cluster_files(tmp_path / "c", f"tls://127.0.0.1:{listener.port}")
         refused(capsys, ["join-check", str(path)], CLUSTER_GONE, "is not this cluster's scheduler")
-    finally:
-        listener.close()
 
 
 def test_a_scheduler_too_busy_to_finish_the_handshake_counts_as_alive(tmp_path, capsys):
-    listener = Listener()  # connections wait in the backlog: nobody answers the TLS hello
-    try:
+    with Listener() as listener:  # connections wait in the backlog: nobody answers the TLS hello
         path, log_dir = cluster_files(tmp_path, f"tls://127.0.0.1:{listener.port}")
         assert kit_cli.main(["join-check", str(path), "--timeout", "0.5"]) == 0
         out, err = capsys.readouterr()
         assert err.startswith(f"dask-pbs: warning: the scheduler at tls://127.0.0.1:{listener.port} "
                               "took the connection but did not finish a TLS handshake within 0.5 s")
         assert f"tls_dir {log_dir}/tls\n" in out
-    finally:
-        listener.close()
 
 
 def as_nobody():
@@ -276,13 +264,20 @@ def test_another_users_cluster_is_not_readable():
     if python is None:
         pytest.skip(why)
     root = tempfile.mkdtemp(prefix="dpk-grow-")
+
+    def write_private(name, text):  # a new file of root's, mode 0600
+        with open(os.open(name, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
+            fh.write(text)
+
+    def join_check_as_nobody(scheduler_file):
+        return subprocess.run([python, KIT_PY, "join-check", scheduler_file], user=65534, group=65534,
+                              cwd="/", capture_output=True, text=True, timeout=60)
+
     try:
         os.chmod(root, 0o755)
         path = os.path.join(root, "scheduler.json")
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
-            fh.write('{"address": "tcp://127.0.0.1:1"}')
-        done = subprocess.run([python, KIT_PY, "join-check", path], user=65534, group=65534, cwd="/",
-                              capture_output=True, text=True, timeout=60)
+        write_private(path, '{"address": "tcp://127.0.0.1:1"}')
+        done = join_check_as_nobody(path)
         assert done.returncode == NOT_READABLE
         assert done.stdout == ""
         assert done.stderr == (
@@ -293,10 +288,8 @@ def test_another_users_cluster_is_not_readable():
         with open(path, "w") as fh:
             fh.write('{"address": "tls://127.0.0.1:1"}')
         config = os.path.join(root, "scheduler.tls.json")
-        with open(os.open(config, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
-            fh.write("{}")
-        done = subprocess.run([python, KIT_PY, "join-check", path], user=65534, group=65534, cwd="/",
-                              capture_output=True, text=True, timeout=60)
+        write_private(config, "{}")
+        done = join_check_as_nobody(path)
         assert done.returncode == NOT_READABLE
         assert done.stderr.startswith(f"dask-pbs: {config}: permission denied: it belongs to root")
     finally:
