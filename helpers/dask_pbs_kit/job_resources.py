@@ -379,44 +379,43 @@ def job_chunks(lines: list, attrs: Optional[Mapping], source: str,
     return fallback, NODEFILE_SOURCE, warnings
 
 
+def _per_chunk(attrs: Mapping, name: str, parse: Callable[[str], list], verb: str, chunks: List[Chunk],
+               warnings: List[str]) -> Optional[list]:
+    """The attribute name read by parse, an entry per chunk of the select statement; None
+    when it is not there, or (with a warning) unreadable or of another number of chunks."""
+    text = _text(attrs, name)
+    if text is None:
+        return None
+    try:
+        entries = parse(text)
+    except KitError as exc:
+        warnings.append(f"cannot read {name} ({exc})")
+        return None
+    if len(entries) != len(chunks):
+        warnings.append(f"{name} {verb} {len(entries)} chunks, the select statement "
+                        f"{len(chunks)}: {name} not used")
+        return None
+    return entries
+
+
 def _fill_from_exec(chunks: List[Chunk], attrs: Mapping, warnings: List[str]) -> list:
     """Each chunk's host and what it got, from exec_vnode, else exec_host."""
     how = []
-    hosts = None
-    exec_host = _text(attrs, "exec_host")
-    if exec_host is not None:
-        try:
-            hosts = parse_exec_host(exec_host)
-        except KitError as exc:
-            warnings.append(f"cannot read exec_host ({exc})")
-        if hosts is not None and len(hosts) != len(chunks):
-            warnings.append(f"exec_host names {len(hosts)} chunks, the select statement "
-                            f"{len(chunks)}: exec_host not used")
-            hosts = None
-    exec_vnode = _text(attrs, "exec_vnode")
-    if exec_vnode is not None:
-        groups = None
-        try:
-            groups = exec_vnode_chunks(exec_vnode)
-        except KitError as exc:
-            warnings.append(f"cannot read exec_vnode ({exc})")
-        if groups is not None and len(groups) != len(chunks):
-            warnings.append(f"exec_vnode has {len(groups)} chunks, the select statement "
-                            f"{len(chunks)}: exec_vnode not used")
-            groups = None
-        if groups is not None:
-            for chunk, (host, ncpus, mem, ngpus) in zip(chunks, groups):
-                # exec_host names the chunk's natural vnode, its MoM's host: better
-                # than a vnode name whose host is not in it.
-                chunk.host = hosts[chunk.index][0] if hosts else host
-                if ncpus is not None:
-                    chunk.ncpus = ncpus
-                if mem is not None:
-                    chunk.mem = mem
-                if ngpus is not None:
-                    chunk.ngpus = ngpus
-            how.append("what each got from exec_vnode")
-            return how
+    hosts = _per_chunk(attrs, "exec_host", parse_exec_host, "names", chunks, warnings)
+    groups = _per_chunk(attrs, "exec_vnode", exec_vnode_chunks, "has", chunks, warnings)
+    if groups is not None:
+        for chunk, (host, ncpus, mem, ngpus) in zip(chunks, groups):
+            # exec_host names the chunk's natural vnode, its MoM's host: better
+            # than a vnode name whose host is not in it.
+            chunk.host = hosts[chunk.index][0] if hosts else host
+            if ncpus is not None:
+                chunk.ncpus = ncpus
+            if mem is not None:
+                chunk.mem = mem
+            if ngpus is not None:
+                chunk.ngpus = ngpus
+        how.append("what each got from exec_vnode")
+        return how
     if hosts is not None:
         for chunk, (host, ncpus) in zip(chunks, hosts):
             chunk.host, chunk.ncpus = host, ncpus
