@@ -235,9 +235,7 @@ class _Lenient:
 
     def obj(self, depth: int) -> dict:
         out: dict = {}
-        self.pos = self.ws(self.pos + 1)
-        if self.text[self.pos:self.pos + 1] == "}":
-            self.pos += 1
+        if self.empty("}"):
             return out
         while True:
             if self.text[self.pos:self.pos + 1] != '"':
@@ -248,29 +246,37 @@ class _Lenient:
                 raise self.fail("expected ':'")
             self.pos = self.ws(self.pos + 1)
             out[key] = self.value("object", depth + 1)
-            self.pos = self.ws(self.pos)
-            char = self.text[self.pos:self.pos + 1]
-            self.pos = self.ws(self.pos + 1)
-            if char == "}":
+            if not self.more("}"):
                 return out
-            if char != ",":
-                raise self.fail("expected ',' or '}'")
 
     def array(self, depth: int) -> list:
         out: list = []
-        self.pos = self.ws(self.pos + 1)
-        if self.text[self.pos:self.pos + 1] == "]":
-            self.pos += 1
+        if self.empty("]"):
             return out
         while True:
             out.append(self.value("array", depth + 1))
-            self.pos = self.ws(self.pos)
-            char = self.text[self.pos:self.pos + 1]
-            self.pos = self.ws(self.pos + 1)
-            if char == "]":
+            if not self.more("]"):
                 return out
-            if char != ",":
-                raise self.fail("expected ',' or ']'")
+
+    def empty(self, close: str) -> bool:
+        """At an opening bracket: past it and the white space after; True (and past close
+        too) when close comes next."""
+        self.pos = self.ws(self.pos + 1)
+        if self.text[self.pos:self.pos + 1] == close:
+            self.pos += 1
+            return True
+        return False
+
+    def more(self, close: str) -> bool:
+        """After a member: past a ',' (True: another member follows) or close (False)."""
+        self.pos = self.ws(self.pos)
+        char = self.text[self.pos:self.pos + 1]
+        self.pos = self.ws(self.pos + 1)
+        if char == close:
+            return False
+        if char != ",":
+            raise self.fail(f"expected ',' or '{close}'")
+        return True
 
     def bare(self) -> str:
         """A bare word (number, nan, true, or v20's nothing at all) up to , } ] or a newline."""
