@@ -211,6 +211,8 @@ dpk::prepare() {
   DPK_F_LOG=$LOG_DIR/job.log
   mkfifo "$DPK_F_NAP" 2>/dev/null || DPK_F_NAP=""
   export DASK_PBS_KIT_ROLL=$DPK_F_ROLL DASK_PBS_KIT_CLOSED=$DPK_F_CLOSED DASK_PBS_KIT_STOP_WAIT=0.5
+  # The plugin tells the workers to add their dashboards once this file exists (announce).
+  export DASK_PBS_KIT_READY_FILE=$DPK_F_INFO
   dpk::log "job $PBS_JOBID: logs in $LOG_DIR/"
 }
 
@@ -258,12 +260,25 @@ dpk::read_job() {
   [[ $failed -eq 0 ]] || dpk::die "the job could not be prepared (see the message above; logs in $LOG_DIR/)"
   dpk::parse_plan <"$DPK_F_PLAN"
   dpk::log "read the job's chunks from $DPK_P_JOB_SOURCE"
+  dpk::check_size
   if [[ -n $DPK_TLS_DIR ]]; then
     # No require-encryption here: a PROGRAM may also start a LocalCluster of its own.
     export DASK_DISTRIBUTED__COMM__TLS__CA_FILE=$DPK_TLS_DIR/ca.pem
     export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=$DPK_TLS_DIR/client.pem
     export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=$DPK_TLS_DIR/client.key
   fi
+}
+
+# A job of many worker processes: warn when READY_TIMEOUT looks short for its size. The
+# scheduler registers one worker process in 6-7 ms of CPU on a slow core (bench/README.md,
+# Scale: 25 s for 4,000), and every node imports Python from shared storage at once; allow
+# 50 ms per process beyond the default 120 s. (Each task also fits Dask's connect timeout
+# and the scheduler's listen backlog to the size it is given: task.sh's workers=.)
+# Reads: DPK_P_EXPECTED, READY_TIMEOUT.
+dpk::check_size() {
+  local wanted=$((120 + DPK_P_EXPECTED / 20))
+  [[ $DPK_P_EXPECTED -ge 500 && $READY_TIMEOUT -lt $wanted ]] || return 0
+  dpk::warn "READY_TIMEOUT=$READY_TIMEOUT s for $DPK_P_EXPECTED worker processes may be short: the scheduler registers them one at a time and every node imports Python from shared storage at once; $wanted s or more is safer (qsub -v READY_TIMEOUT=$wanted)"
 }
 
 # Read the launch plan (kit.py plan's tab-separated lines) from stdin.
@@ -361,7 +376,7 @@ dpk::start_task() {
     log="$log" pid="$pid_file" node="$node" kit="$DPK_KIT_DIR" python="$DPK_PYTHON" \
     interface="$INTERFACE" iface="$LOG_DIR/$role-$chunk.iface" first="${DPK_J_FIRST:-$DPK_P_SCHED_NODE}" \
     scheduler_file="${DPK_J_COPY:-$DPK_F_JOB_SCHEDULER}" timeout="$READY_TIMEOUT" tls="$DPK_TASK_TLS" \
-    omp="$WORKER_OMP_THREADS" "$@" >"$log.pbsdsh" 2>&1 &
+    omp="$WORKER_OMP_THREADS" workers="$DPK_P_EXPECTED" "$@" >"$log.pbsdsh" 2>&1 &
   DPK_T_PID+=("$!") DPK_T_LINE+=("$line") DPK_T_NODE+=("$node") DPK_T_PIDFILE+=("$pid_file")
   DPK_T_LOG+=("$log")
   DPK_T_WATCH+=(--watch "$role:$chunk:$node:$!:$log:$nproc")
