@@ -33,6 +33,11 @@ NOT_CARRIED = frozenset({
     "TMPDIR", "PBS_NODENUM", "PBS_TASKNUM", "PBS_NODEFILE", "PBS_VNODENUM", "NCPUS",
     "OMP_NUM_THREADS", "HOSTNAME", "HOST", "PWD", "OLDPWD", "SHLVL", "_", "SHELLOPTS",
     "BASHOPTS", "BASH_ENV", "ENV", "PS1", "PS2", "PS4", "PROMPT_COMMAND", "IFS",
+    # A host's devices, as PBS's cgroup hook assigns them to the job on that host: a task on
+    # a host without any must not get the first node's list (a CPU worker would think it
+    # had those GPUs; a GPU worker picks its own entry of its host's list: kit.py gpu).
+    "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL",
+    "ZE_AFFINITY_MASK", "OFFLOAD_DEVICES",
 })
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HEADER = "# Written by dask-pbs-kit: the job script's environment for pbsdsh tasks."

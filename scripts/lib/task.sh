@@ -18,18 +18,21 @@
 #   omp=OMP_THREADS   workers only: memory=BYTES|auto host_procs=P reserve_ppm=N reserve_bytes=N
 #   workers=N (optional: the job's worker processes; from 200 on, Dask's connect timeout and
 #   the scheduler's listen backlog follow the job's size, see dask_start.size_for)
+#   GPU workers only: gpu=I gpus=N (its entry of this host's N devices) chunk_gpus=G
+#   worker_command=auto|dask-worker|dask-cuda-worker cuda_args="ARGS" (for dask cuda worker)
 # Exit status: 2 usage; 3 no usable interface; 4 environment or certificates unreadable;
-# 7 too little memory; 127 no dask command.
+# 7 too little memory; 20 no GPU for a GPU worker; 127 no dask command.
 set -uo pipefail
 started=${EPOCHREALTIME:-}  # bash 5: the task's line says how long its start took
 
 role="" env="" log=/dev/null pid="" node="?" kit="" python=python3 interface="" iface=""
 first="" scheduler_file="" timeout=120 tls="" omp=1 memory=auto host_procs=1 reserve_ppm=0
-reserve_bytes=0 workers=""
+reserve_bytes=0 workers="" gpu="" gpus="" chunk_gpus="" worker_command=auto cuda_args=""
 while [[ $# -gt 0 && $1 != -- ]]; do
   case ${1%%=*} in
     role | env | log | pid | node | kit | python | interface | iface | first | scheduler_file | \
-      timeout | tls | omp | memory | host_procs | reserve_ppm | reserve_bytes | workers)
+      timeout | tls | omp | memory | host_procs | reserve_ppm | reserve_bytes | workers | gpu | \
+      gpus | chunk_gpus | worker_command | cuda_args)
       printf -v "${1%%=*}" '%s' "${1#*=}"
       ;;
     *)
@@ -126,10 +129,33 @@ if [[ $role == worker ]]; then
   set -- --local-directory "$TMPDIR" "$@"
 fi
 
+# A GPU worker sees only its own device: entry gpu of this host's list (what PBS's cgroup
+# hook gave this task, read from its start: env.sh may carry the first node's; else
+# nvidia-smi -L), and runs `dask cuda worker` when WORKER_COMMAND says so, or (auto) when
+# dask-cuda is installed.
+dask_command=("$role")
+if [[ -n $gpu ]]; then
+  chosen=$("$python" "$kit/helpers/kit.py" gpu --index "$gpu" --gpus "$gpus" --chunk-gpus "$chunk_gpus" \
+    --node "$node" --initial-from "$$" --worker-command "$worker_command" 2>&1) ||
+    fail "$?" "${chosen#dask-pbs: }"
+  IFS=$'\t' read -r device command gpu_how <<<"$chosen"
+  export CUDA_VISIBLE_DEVICES=$device
+  # An index means the device nvidia-smi numbers so (PCI bus order), not CUDA's own order.
+  [[ $device =~ ^[0-9]+$ ]] && export CUDA_DEVICE_ORDER=${CUDA_DEVICE_ORDER:-PCI_BUS_ID}
+  if [[ $command == dask-cuda-worker ]]; then
+    read -r -a extra <<<"$cuda_args"
+    dask_command=(cuda worker) dask_python=""  # dask-cuda's command, run as a command
+    set -- "$@" "${extra[@]}"
+  fi
+  printf 'dask-pbs: GPU worker on node %s: CUDA_VISIBLE_DEVICES=%s (%s), %s\n' "$node" "$device" \
+    "$gpu_how" "$command" >>"$log"
+fi
+
 cd "${PBS_O_WORKDIR:-$HOME}" || fail 4 "cannot enter the submit folder $PBS_O_WORKDIR on node $node"
 echo "$$" >"$pid"
 
-find_dask_python "$dask_script"
+dask_python=""
+[[ ${#dask_command[@]} -gt 1 ]] || find_dask_python "$dask_script"
 if [[ -n $dask_python ]]; then
   # shellcheck disable=SC2016 # Python code, not shell
   exec "$dask_python" -c 'import sys; sys.path.insert(0, sys.argv[1]); from dask_pbs_kit.dask_start import main; main()' \
@@ -181,4 +207,4 @@ else
   printf -v now '%(%F %T)T' -1
 fi
 echo "dask-pbs: $role on node $node (pid $$, TMPDIR $TMPDIR$how) at $now$took"
-exec dask "$role" "$@"
+exec dask "${dask_command[@]}" "$@"

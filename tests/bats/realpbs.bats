@@ -83,22 +83,26 @@ chunk-2 2 1932735284" ]
   export FAKEPBS_LAUNCH_HOOK=1
   start_cluster -l select=3:ncpus=1:ngpus=2:mem=1gb -l walltime=00:05:00
   run with_client '
-import os
+import os, re, subprocess
 def seen(dask_worker):
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
     return (dask_worker.name, os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("CUDA_DEVICE_ORDER"),
-            os.environ.get("PBS_NODENUM"))
-for name, cuda, order, nodenum in sorted(client.run(seen).values()):
-    print(name, cuda, order, nodenum)
+            os.environ.get("PBS_NODENUM"), ",".join(re.findall(r"UUID: (GPU-[^)]+)", listed)))
+for name, cuda, order, nodenum, host_gpus in sorted(client.run(seen).values()):
+    print(name, cuda, order, nodenum, "own-host" if cuda in host_gpus.split(",") else host_gpus)
 print("scheduler", *client.run_on_scheduler(lambda: (os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("PBS_NODENUM"))))
 '
   echo "$output"
   [ "$status" -eq 0 ]
-  [ "${#lines[@]}" -eq 3 ]
-  # Every host its own devices: no two lines share a device list, the scheduler's included.
-  [ "$(printf '%s\n' "${lines[@]}" | awk '{print $2}' | sort -u | wc -l)" -eq 3 ]
-  [[ ${lines[0]} == "chunk-1 GPU-"*",GPU-"*" PCI_BUS_ID 1" ]]
-  [[ ${lines[1]} == "chunk-2 GPU-"*",GPU-"*" PCI_BUS_ID 2" ]]
-  [[ ${lines[2]} == "scheduler GPU-"*" 0" ]]
+  [ "${#lines[@]}" -eq 5 ]
+  # Each GPU worker: one device of the list the hook gave its own host, none shared.
+  [[ ${lines[0]} == "chunk-1-gpu0 GPU-"*" PCI_BUS_ID 1 own-host" ]]
+  [[ ${lines[1]} == "chunk-1-gpu1 GPU-"*" PCI_BUS_ID 1 own-host" ]]
+  [[ ${lines[2]} == "chunk-2-gpu0 GPU-"*" PCI_BUS_ID 2 own-host" ]]
+  [[ ${lines[3]} == "chunk-2-gpu1 GPU-"*" PCI_BUS_ID 2 own-host" ]]
+  [ "$(printf '%s\n' "${lines[@]:0:4}" | awk '{print $2}' | sort -u | wc -l)" -eq 4 ]
+  # The scheduler's host keeps its own list (chunk 0's 1 core holds the scheduler alone).
+  [[ ${lines[4]} == "scheduler GPU-"*",GPU-"*" 0" ]]
   qdel_and_wait
   assert_no_job_processes
 }

@@ -95,7 +95,8 @@ def test_what_the_script_changed_reaches_every_task_what_pbs_gave_stays_the_task
     text = out.read_text()
     assert "export CHANGED='new value'" in text.splitlines()
     assert "export ADDED=added" in text.splitlines()
-    assert "[[ -v CUDA_VISIBLE_DEVICES ]] || export CUDA_VISIBLE_DEVICES=GPU-aaaa" in text.splitlines()
+    # A host's devices are never copied: a host without GPUs must not get the first node's.
+    assert "CUDA_VISIBLE_DEVICES" not in text
     assert "GONE" not in text
     # A task on another host: its own GPU; lacks CUDA_DEVICE_ORDER and FROM_PROFILE; under set -u.
     script = ('set -u; source "$1"; for n in CUDA_VISIBLE_DEVICES CUDA_DEVICE_ORDER CHANGED ADDED '
@@ -105,6 +106,9 @@ def test_what_the_script_changed_reaches_every_task_what_pbs_gave_stays_the_task
                           capture_output=True, check=True)
     got = done.stdout.decode().split("\0")[:-1]
     assert got == ["GPU-bbbb", "PCI_BUS_ID", "new value", "added", "same everywhere", "7.s"]
+    done = subprocess.run(["/usr/bin/env", "-i", "PATH=/bin:/usr/bin", "/bin/bash", "-c", script,
+                           "bash", str(out)], capture_output=True, check=True)
+    assert done.stdout.decode().split("\0")[0] == "UNSET"  # a host without GPUs gets none
 
 
 def test_an_empty_per_host_value_is_kept(tmp_path):
