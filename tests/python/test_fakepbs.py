@@ -30,6 +30,19 @@ def output(tmp_path, name="job.pbs", kind="o"):
     return files[-1].read_text()
 
 
+def blocking_job_started(tmp_path, body: str) -> tuple[subprocess.Popen, str]:
+    """qsub -W block=true of a script (body) that writes $PBS_O_WORKDIR/started, run in the
+    background until the script has: (qsub's process, the job id)."""
+    proc = subprocess.Popen(["qsub", "-W", "block=true", script(tmp_path / "job.pbs", body)],
+                            stdout=subprocess.PIPE, text=True)
+    jobid = proc.stdout.readline().strip()
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return proc, jobid
+
+
 def test_job_id_name_and_output_files(fakepbs, tmp_path):
     s = script(tmp_path / "job.pbs", "echo out; echo err >&2")
     done = qsub(s, check_rc=0)
@@ -169,13 +182,7 @@ def test_qdel_goes_through_sigterm_and_the_script_can_clean_up(fakepbs, tmp_path
 echo started > "$PBS_O_WORKDIR/started"
 while true; do sleep 0.1; done
 """
-    proc = subprocess.Popen(["qsub", "-W", "block=true", script(tmp_path / "job.pbs", body)],
-                            stdout=subprocess.PIPE, text=True)
-    jobid = proc.stdout.readline().strip()
-    deadline = time.monotonic() + 20
-    while not (tmp_path / "started").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    proc, jobid = blocking_job_started(tmp_path, body)
     listing = subprocess.run(["qstat"], capture_output=True, text=True).stdout
     assert jobid in listing and " R " in listing
     assert subprocess.run(["qdel", jobid]).returncode == 0

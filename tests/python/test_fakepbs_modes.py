@@ -12,7 +12,7 @@ import pytest
 from conftest import FAKEPBS_BIN, job_processes, kill_job_processes
 import cgroups  # of tests/fakepbs, which conftest puts on sys.path
 import netns
-from test_fakepbs import needs_netns, output, qsub, script, runs, wait_finished
+from test_fakepbs import blocking_job_started, needs_netns, output, qsub, runs, script, wait_finished
 
 FAKEPBS = str(FAKEPBS_BIN.parent / "fakepbs.py")
 
@@ -195,13 +195,7 @@ def test_login_start_qdel_kills_the_shell_while_the_trap_runs_on(pbs, tmp_path, 
 echo started > "$PBS_O_WORKDIR/started"
 while true; do sleep 0.05; done
 """
-    proc = subprocess.Popen(["qsub", "-W", "block=true", script(tmp_path / "job.pbs", body)],
-                            stdout=subprocess.PIPE, text=True)
-    jobid = proc.stdout.readline().strip()
-    deadline = time.monotonic() + 20
-    while not (tmp_path / "started").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    proc, jobid = blocking_job_started(tmp_path, body)
     started = time.monotonic()
     subprocess.run(["qdel", jobid], check=True)
     assert proc.wait(timeout=30) == 15  # 271 % 256
