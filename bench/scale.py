@@ -145,11 +145,14 @@ def measure(n: int, per_task: int, idle: float) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def traced_task(per_task: int) -> dict:
+def traced_task(per_task: int, method: str = "") -> dict:
     """One worker task of per_task processes under strace -f, from its start to its last
-    process on the roll: its file lookups and opens by where they are."""
+    process on the roll: its file lookups and opens by where they are. method: the job's
+    own multiprocessing method (spawn: as before the forkserver), else the kit's."""
     tmp = Path(tempfile.mkdtemp(prefix="dpk-strace."))
     cluster = Cluster(tmp)
+    if method:
+        cluster.env["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] = method
     trace = tmp / "strace.out"
     try:
         time.sleep(2)
@@ -257,6 +260,10 @@ def main(argv=None) -> int:
             print(f"  {count:>6}  {outcome:<7} {where}")
         print(f"  the certificates: opened {traced['cert_opens']} times ({traced['cert_bytes']} bytes for ca.pem,"
               " cluster.pem and cluster.key)")
+        spawned = traced_task(opts.per_task, "spawn")
+        total = sum(traced["counts"].values())
+        print(f"  in all {total}; with spawn instead of the forkserver (the job's own"
+              f" DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=spawn): {sum(spawned['counts'].values())}")
     return 0
 
 
