@@ -5,6 +5,7 @@ and the wordcount's scale-out against one process.
 
     .venv/bin/python bench/run.py [--sizes 2 4 8 16 32] [--nworkers 1 4] [--runs 3]
                                   [--skip helpers ready peer qdel scale wordcount] [--corpus-mb 512]
+                                  [--scale-procs 8 16 32 64 128]
 
 Prints tables: medians and spread (min-max) of several runs, with the machine and
 versions. Not a test: figures only. The kit's figures come from its own job output
@@ -465,6 +466,8 @@ def main() -> int:
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["helpers", "ready", "peer", "qdel", "scale", "wordcount"])
     parser.add_argument("--corpus-mb", type=int, default=512)
+    parser.add_argument("--scale-procs", type=int, nargs="+", default=[8, 16, 32, 64, 128],
+                        help="worker processes of bench/scale.py's rows")
     opts = parser.parse_args()
     import dask
     import distributed
@@ -489,7 +492,7 @@ def main() -> int:
     if "scale" not in opts.skip:
         import scale
 
-        scale.main([])
+        scale.main(["--procs", *map(str, opts.scale_procs)])
     if "wordcount" not in opts.skip:
         wordcount_table(opts.runs, opts.corpus_mb)
     return 0
