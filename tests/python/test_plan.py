@@ -260,7 +260,10 @@ def test_any_gpu_job_gives_each_gpu_one_worker_with_a_distinct_device_of_its_hos
 # ------------------------------------------------------------------ kit.py plan
 
 # The brief's example: select=1:ncpus=2:mem=4gb+2:ncpus=4 with default_chunk mem=8gb,
-# as OpenPBS 23.06's qstat writes it for a manager (schedselect shows) ...
+# as OpenPBS 23.06's qstat writes it for a manager (schedselect shows) ... Written out
+# whole, though its exec_host, exec_vnode and Resource_List lines are those of
+# test_qstat_reader's RELEASED_23: a qstat answer reads best as qstat printed it, and the
+# two jobs differ (select, schedselect, what each test needs in it).
 EXAMPLE_JSON = r'''{
     "timestamp":1700000000,
     "pbs_version":"23.06.06",

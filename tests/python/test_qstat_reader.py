@@ -146,6 +146,8 @@ def test_the_released_23_06_encoder_is_read_leniently():
     assert env["PBS_O_WORKDIR"] == "/home/ann/work"
 
 
+# Checked as the 23.06 test above is, line for line, but kept a test of its own: each
+# names what its own release printed; one table over both would hide which quirk is whose.
 def test_the_released_20_encoder_is_read_leniently():
     attrs, source = qr.read_job("42.pbs01", runner({"-f -F json 42.pbs01": ok(RELEASED_20)}))
     assert "read leniently" in source
