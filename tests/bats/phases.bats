@@ -50,6 +50,20 @@ setup() {
   cd "$BATS_TEST_TMPDIR" || return 1
 }
 
+# A zombie: zombie PIDFILE STATUS writes to PIDFILE the PID of a child that exited with
+# STATUS, whose parent (ZOMBIE_PARENT, for the test to kill) sleeps 30 s without reaping it.
+zombie() {
+  "$PY" - "$2" >"$1" <<'PY' &
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    os._exit(int(sys.argv[1]))
+print(pid, flush=True)
+time.sleep(30)
+PY
+  ZOMBIE_PARENT=$!
+}
+
 # Wait until each of these pid files exists.
 await_pid_files() {
   local f _
@@ -123,19 +137,12 @@ EOF
 }
 
 @test "alive: a running process is alive; an exited one and a zombie are not" {
-  # A zombie: the child of a process that never reaps it.
-  "$PY" -c 'import os, time
-pid = os.fork()
-if pid == 0:
-    os._exit(0)
-print(pid, flush=True)
-time.sleep(30)' >zombie.pid &
-  local parent=$!
+  zombie zombie.pid 0
   await_pid_files zombie.pid
   sleep 0.2
   grep -q '^State:.*Z' "/proc/$(cat zombie.pid)/status"
   run lib "dpk::alive $$ && echo running; dpk::alive $(cat zombie.pid) || echo zombie-gone; dpk::alive 999999999 || echo none; dpk::alive '' || echo empty"
-  kill "$parent"
+  kill "$ZOMBIE_PARENT"
   [ "$output" = $'running\nzombie-gone\nnone\nempty' ]
 }
 
@@ -244,18 +251,12 @@ time.sleep(30)' >zombie.pid &
 @test "teardown: tasks that exit at once and a task whose pbsdsh is a zombie: no wait, no warning" {
   stub "$BATS_TEST_TMPDIR/w1.pid" obeys
   stub "$BATS_TEST_TMPDIR/w2.pid" obeys
-  "$PY" -c 'import os, time
-pid = os.fork()
-if pid == 0:
-    os._exit(1)
-print(pid, flush=True)
-time.sleep(30)' >zombie.pid &
-  local parent=$!
+  zombie zombie.pid 1
   await_pid_files w1.pid w2.pid zombie.pid
   run lib "$TASKS"'add_task node01 w1.pid; add_task node02 w2.pid; add_task node03 zombie.pid
     dpk::now_us a; dpk::stop_tasks $((a + 8000000)); dpk::now_us b
     echo "took $(((b - a) / 1000)) ms"'
-  kill "$parent"
+  kill "$ZOMBIE_PARENT"
   echo "$output"
   [ "$status" -eq 0 ]
   [[ $output != *warning* ]]

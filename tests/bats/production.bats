@@ -19,9 +19,8 @@ load test_helper
 
 @test "the job's exit status is the program's" {
   printf 'import sys\nprint("failing on purpose")\nsys.exit(3)\n' >fail.py
-  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM="python3 fail.py"
+  production_job "python3 fail.py"
   [ "$status" -eq 3 ]
-  run job_output dask-wordcount
   [[ $output == *"failing on purpose"* ]]
   [[ $output == *"the program exited with status 3"* ]]
   assert_no_job_processes
@@ -29,9 +28,8 @@ load test_helper
 
 @test "a program that crashes with a traceback fails the job" {
   printf 'raise RuntimeError("boom")\n' >crash.py
-  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM="python3 crash.py"
+  production_job "python3 crash.py"
   [ "$status" -eq 1 ]
-  run job_output dask-wordcount
   [[ $output == *"RuntimeError: boom"* ]]
   assert_no_job_processes
 }
@@ -45,10 +43,9 @@ os.kill(client.run_on_scheduler(os.getpid), signal.SIGKILL)  # a crash: no clean
 time.sleep(120)
 PY
   SECONDS=0
-  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM="python3 kill_scheduler.py"
+  production_job "python3 kill_scheduler.py"
   [ "$status" -eq 1 ]
   [ "$SECONDS" -lt 60 ]
-  run job_output dask-wordcount
   [[ $output == *"the scheduler died while the program ran"* ]]
   assert_no_job_processes
 }
@@ -62,10 +59,9 @@ time.sleep(2)  # work that needs no cluster: the job must not cut it short
 open("after-shutdown.txt", "w").write("done")
 sys.exit(3)
 PY
-  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM="python3 shutdown_first.py"
+  production_job "python3 shutdown_first.py"
   [ "$status" -eq 3 ]
   [ "$(cat after-shutdown.txt)" = done ]
-  run job_output dask-wordcount
   [[ $output == *"the program exited with status 3"* ]]
   [[ $output != *"died"* ]]
   assert_no_job_processes
@@ -74,18 +70,16 @@ PY
 @test "a stale scheduler.json from an earlier job is removed, never used" {
   echo '{"type": "Scheduler", "address": "tcp://127.0.0.1:1", "services": {"dashboard": 1}}' >scheduler.json
   printf 'import json\nprint("address", json.load(open("scheduler.json"))["address"])\n' >show.py
-  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM="python3 show.py"
+  production_job "python3 show.py"
   [ "$status" -eq 0 ]
-  run job_output dask-wordcount
   [[ $output =~ address\ tls://127\.0\.0\.1:[0-9]{4,5} ]]
   [[ $output != *"tcp://127.0.0.1:1"$'\n'* ]]
   [ ! -e scheduler.json ]
 }
 
 @test "a blank PROGRAM is refused before anything starts" {
-  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v "PROGRAM= "
+  production_job " "
   [ "$status" -eq 1 ]
-  run cat dask-wordcount.o*
   [ "$output" = "dask-pbs: PROGRAM is empty: set the command to run in the template or with qsub -v PROGRAM=..." ]
   [ ! -e dask-logs ]
   assert_no_job_processes
@@ -109,11 +103,9 @@ PY
 
 @test "a preload of the user's own (EXTRA_SCHEDULER_ARGS) runs beside the kit's" {
   printf 'def dask_setup(scheduler):\n    open("preloaded.txt", "w").write("yes")\n' >mine.py
-  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb \
-    -v EXTRA_SCHEDULER_ARGS="--preload $BATS_TEST_TMPDIR/mine.py",PROGRAM=/bin/true
+  production_job /bin/true "EXTRA_SCHEDULER_ARGS=--preload $BATS_TEST_TMPDIR/mine.py"
   [ "$status" -eq 0 ]
   [ "$(cat preloaded.txt)" = yes ]
-  run job_output dask-wordcount
   [[ $output == *"cluster ready in"* ]]
   assert_no_job_processes
 }

@@ -19,6 +19,13 @@ print("connected; ran:", client.submit(lambda: 6 * 7).result())
 PYEOF
 }
 
+# intrude with this client, which the job's scheduler must refuse: refused CLIENT
+refused() {
+  run intrude "$1"
+  [ "$status" -eq 1 ]
+  [[ $output == "refused:"* ]]
+}
+
 # Octal modes of files: mode PATH...
 mode() {
   stat -c '%a %n' "$@"
@@ -36,18 +43,12 @@ mode() {
   [ "$output" = "ran 42 2" ]
 
   # No certificate: distributed cannot even open the connection.
-  run intrude 'Client(scheduler_file="scheduler.json", timeout=5)'
-  [ "$status" -eq 1 ]
-  [[ $output == "refused:"* ]]
+  refused 'Client(scheduler_file="scheduler.json", timeout=5)'
   # Plain tcp to the same port: the TLS listener drops it.
-  run intrude 'Client(address.replace("tls://", "tcp://"), timeout=5)'
-  [ "$status" -eq 1 ]
-  [[ $output == "refused:"* ]]
+  refused 'Client(address.replace("tls://", "tcp://"), timeout=5)'
   # A certificate from another CA, trusting this job's (public) CA certificate.
   "$PY" "$KIT/helpers/kit.py" tls other --name intruder
-  run intrude "Client(address, timeout=5, security=Security(tls_ca_file='$tls/ca.pem', tls_client_cert='other/client.pem', tls_client_key='other/client.key', require_encryption=True))"
-  [ "$status" -eq 1 ]
-  [[ $output == "refused:"* ]]
+  refused "Client(address, timeout=5, security=Security(tls_ca_file='$tls/ca.pem', tls_client_cert='other/client.pem', tls_client_key='other/client.key', require_encryption=True))"
 
   # A worker with a certificate from another CA never joins.
   run timeout 60 "$KIT/.venv/bin/dask" worker "$(sed -n 's/.*"address": *"\([^"]*\)".*/\1/p' scheduler.json)" \
@@ -92,19 +93,16 @@ mode() {
 
   # Plain Client(scheduler_file=...) in PROGRAM: the job hands it the certificate.
   printf 'from distributed import Client\nprint("program ran", Client(scheduler_file="scheduler.json").submit(len, "abc").result())\n' >plain.py
-  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM="python3 plain.py"
+  production_job "python3 plain.py"
   [ "$status" -eq 0 ]
-  run job_output dask-wordcount
   [[ $output == *"program ran 3"* ]]
   assert_no_job_processes
 }
 
 @test "TLS=no runs plain tcp and says so; DASHBOARD=off starts no dashboard" {
   printf 'from distributed import Client\nc = Client(scheduler_file="scheduler.json")\nprint("address", c.scheduler.address, c.submit(len, "ab").result())\n' >plain.py
-  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb \
-    -v TLS=no,DASHBOARD=off,PROGRAM="python3 plain.py"
+  production_job "python3 plain.py" TLS=no,DASHBOARD=off
   [ "$status" -eq 0 ]
-  run job_output dask-wordcount
   echo "$output"
   [[ $output == *"address tcp://127.0.0.1:"*" 2"* ]]
   [[ $output == *"security:  none (TLS=no)"* ]]
@@ -129,9 +127,8 @@ for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             found.add(host)
 print("listening on", sorted(found))
 EOF
-  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v DASHBOARD=loopback,PROGRAM="python3 listeners.py"
+  production_job "python3 listeners.py" DASHBOARD=loopback
   [ "$status" -eq 0 ]
-  run job_output dask-wordcount
   echo "$output"
   [[ $output == *"listening on ['0100007F']"* ]]
   [[ $output == *"dashboard: http://localhost:"*"/status on node node00 only (DASHBOARD=loopback)"* ]]
@@ -139,8 +136,7 @@ EOF
 
   # The default (network) listens on every address.
   rm -f dask-wordcount.o*
-  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v PROGRAM="python3 listeners.py"
-  run job_output dask-wordcount
+  production_job "python3 listeners.py"
   [[ $output == *"listening on ["*"'00000000'"* || $output == *"listening on ["*"'00000000000000000000000000000000'"* ]]
   [[ $output == *"plain HTTP, open to anyone who reaches the node"* ]]
   assert_no_job_processes

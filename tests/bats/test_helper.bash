@@ -54,6 +54,16 @@ submit() {
   run qsub -W block=true -v "$(kit_vars)" "$@" "$KIT/scripts/$template"
 }
 
+# The production template with this PROGRAM on two chunks of 1 cpu and 1 GB, waited for:
+# production_job PROGRAM [VAR=VALUE,...]; sets $status to the job's exit status, $output
+# and $lines to its merged output file.
+production_job() {
+  submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v "${2:+$2,}PROGRAM=$1"
+  local job_status=$status
+  run job_output dask-wordcount
+  status=$job_status
+}
+
 # Start a template in the background (qsub -W block=true &); sets JOB_QSUB_PID,
 # which the tests wait on.
 submit_background() {
