@@ -81,26 +81,18 @@ SUN_PATH = 107  # the longest path of a unix socket (Linux's sun_path less its N
 SOCKET_NAMES = len("/pymp-xxxxxxxx/listener-xxxxxxxx")  # multiprocessing's, under the temp folder
 
 
-def socket_folder(candidates=("/tmp", "/dev/shm", "/var/tmp")) -> None:
-    """The forkserver listens on a unix socket in multiprocessing's temp folder, under
-    TMPDIR: a job's TMPDIR can be too long for one (/scratch/.../pbs.1234.server.example.org/
-    ...: "AF_UNIX path too long"). Then make that folder in the first short, writable one of
-    candidates (this process's only: Dask's own files stay in TMPDIR). Raises OSError if none."""
-    import multiprocessing.util
+def socket_folder() -> None:
+    """The forkserver listens on a unix socket in multiprocessing's temp folder, made under
+    TMPDIR (PBS's job folder on the node, removed with the job). A TMPDIR too long for a
+    socket's path ("AF_UNIX path too long") raises OSError: the nanny then spawns its worker
+    processes. A folder elsewhere (/tmp) would outlive every task that PBS kills at the
+    job's end, and the socket must stay private (no abstract socket: anyone on the node
+    could ask the forkserver for a process of this user's)."""
     import tempfile
 
-    if len(tempfile.gettempdir()) + SOCKET_NAMES <= SUN_PATH:
-        return
-    for folder in candidates:
-        if os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK) and len(folder) + SOCKET_NAMES <= SUN_PATH:
-            saved, tempfile.tempdir = tempfile.tempdir, folder
-            try:
-                multiprocessing.util.get_temp_dir()
-            finally:
-                tempfile.tempdir = saved
-            return
-    raise OSError(f"TMPDIR {tempfile.gettempdir()} is too long a path for the forkserver's socket, and "
-                  f"none of {', '.join(candidates)} can take it")
+    if len(tempfile.gettempdir()) + SOCKET_NAMES > SUN_PATH:
+        raise OSError(f"TMPDIR {tempfile.gettempdir()} is too long a path for the forkserver's socket "
+                      f"({SUN_PATH - SOCKET_NAMES} characters at most)")
 
 
 def start_forkserver(modules: list) -> None:

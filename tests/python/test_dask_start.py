@@ -316,27 +316,39 @@ def test_a_worker_that_cannot_run_says_so_on_the_jobs_stderr_and_in_its_log(tmp_
     assert (logs / "worker-3.log").read_text() == err
 
 
-def test_a_tmpdir_too_long_for_a_unix_socket_puts_the_forkservers_in_a_short_folder(tmp_path):
-    deep = tmp_path / ("d" * 60) / ("e" * 60)
+def test_a_tmpdir_too_long_for_a_unix_socket_means_spawn(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / ("d" * 80)))
+    with pytest.raises(OSError) as err:
+        ds.socket_folder()
+    assert "too long a path for the forkserver's socket (75 characters at most)" in str(err.value)
+    monkeypatch.setattr(tempfile, "tempdir", "/var/tmp/pbs.1234567.pbs01.cluster.example.org")
+    ds.socket_folder()
+
+
+def test_a_worker_whose_tmpdir_is_too_long_spawns_and_says_so(tmp_path, job):
+    logs, env = job
+    deep = tmp_path / ("d" * 60) / ("e" * 40)
     deep.mkdir(parents=True)
-    code = """
-import multiprocessing.util, sys, tempfile
-from dask_pbs_kit import dask_start as ds
-ds.socket_folder(sys.argv[1:])
-print(multiprocessing.util.get_temp_dir())
-"""
-    env = dict(os.environ, TMPDIR=str(deep), PYTHONPATH=str(KIT / "helpers"))
-    done = subprocess.run([sys.executable, "-c", code, "/no/such/folder", str(tmp_path)], env=env,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert Path(done.stdout.strip()).parent == tmp_path  # the first short, writable candidate
-    done = subprocess.run([sys.executable, "-c", code, "/no/such/folder"], env=env, capture_output=True,
-                          text=True)
-    assert "OSError: TMPDIR " in done.stderr and "too long a path for the forkserver's socket" in done.stderr
-    env["TMPDIR"] = str(tmp_path)  # short enough: multiprocessing's own choice stays
-    done = subprocess.run([sys.executable, "-c", code, "/no/such/folder"], env=env, capture_output=True,
-                          text=True)
-    assert Path(done.stdout.strip()).parent == tmp_path
+    procs = []
+    try:
+        procs.append(launch(tmp_path, "scheduler", {"node": "node00", "log": logs / "scheduler-0.log"},
+                            ["--scheduler-file", str(logs / "scheduler.json"), "--port", "0", "--preload",
+                             PRELOAD, "--no-dashboard", "--interface", "lo"], env))
+        procs.append(launch(tmp_path, "worker", {"node": "node01", "log": logs / "worker-1.log",
+                                                 "memory": str(GiB), "host_procs": "1"},
+                            ["--scheduler-file", str(logs / "scheduler.json"), "--nthreads", "1",
+                             "--interface", "lo", "--local-directory", str(tmp_path)], dict(env, TMPDIR=str(deep))))
+        wait_for(lambda: (logs / "workers.txt").exists() and len((logs / "workers.txt").read_text().split()) == 1,
+                 "the worker on the roll")
+        assert not [cmd for _, cmd in descendants(procs[1].pid, 1) if "forkserver import main" in cmd]
+        text = (logs / "worker-1.log").read_text()
+        assert "dask-pbs: node node01: the worker processes' forkserver did not start (TMPDIR " in text
+        assert "): they start with spawn" in text
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
 
 
 # ------------------------------------------------------------------ the plugin's roll and dashboards
