@@ -8,6 +8,8 @@ interpreter its script names) where it would have run `dask scheduler|worker ARG
 
 In that one process, in this order:
   1. its output goes to the task's log (the job's stderr is kept for a failure's message);
+     its open-file limit goes up to the hard one, and, given the job's size (workers=),
+     Dask's connect timeout and the scheduler's listen backlog follow it (size_for);
   2. a worker whose nanny starts worker processes with multiprocessing's forkserver (the kit
      sets distributed.worker.multiprocessing-method to forkserver unless the job's
      environment says otherwise): the forkserver starts at once, preloading distributed
@@ -26,7 +28,7 @@ In that one process, in this order:
      scripts/lib/scheduler_preload.py.
 Exit statuses as task.sh's: 2 usage, 3 no interface, 7 too little memory.
 
-`kit.py task-setup` (cli below) computes steps 3 in one helper call for task.sh's other
+`kit.py task-setup` (cli below) computes step 3 in one helper call for task.sh's other
 path (a `dask` command whose Python cannot be told from its first lines).
 """
 from __future__ import annotations
