@@ -333,11 +333,16 @@ dpk::start_cluster() {
     -- "${args[@]}" "${extra[@]}"
 
   local i label
-  local -a gpu
+  local -a gpu board=()
+  # The workers' own dashboards (their pages, linked from the scheduler's) follow DASHBOARD.
+  case $DASHBOARD in
+    loopback) board=(--dashboard-address 127.0.0.1:0) ;;
+    off) board=(--no-dashboard) ;;
+  esac
   read -r -a extra <<<"$EXTRA_WORKER_ARGS"
   for i in "${!DPK_P_W_CHUNK[@]}"; do
     label=${DPK_P_W_CHUNK[i]} gpu=()
-    args=(--scheduler-file "$DPK_F_JOB_SCHEDULER" --nthreads "${DPK_P_W_THREADS[i]}")
+    args=(--scheduler-file "$DPK_F_JOB_SCHEDULER" --nthreads "${DPK_P_W_THREADS[i]}" "${board[@]}")
     if [[ -n ${DPK_P_W_GPU[i]} ]]; then
       # One task per GPU: it sees only its own device (task.sh asks kit.py gpu which).
       label=${DPK_P_W_CHUNK[i]}-gpu${DPK_P_W_GPU[i]}
@@ -772,11 +777,15 @@ dpk::stop_tasks() {
 
 # Send signal $1 to the Dask process of task $2 (its PID recorded by task.sh): directly on
 # this node, else through a second pbsdsh on its node-file line, in the background (its PID
-# appended to DPK_SIGNALLERS).
+# appended to DPK_SIGNALLERS). A task that has not recorded its PID yet (it is still
+# starting) gets it from its own pbsdsh, which passes it on to the task (tm_kill).
 dpk::signal_task() {
   local sig=$1 i=$2 pid=""
-  read -r pid 2>/dev/null <"${DPK_T_PIDFILE[i]}" || return 0
-  [[ $pid =~ ^[0-9]+$ ]] || return 0
+  read -r pid 2>/dev/null <"${DPK_T_PIDFILE[i]}" || true
+  if [[ ! $pid =~ ^[0-9]+$ ]]; then
+    kill -"$sig" "${DPK_T_PID[i]}" 2>/dev/null
+    return 0
+  fi
   if [[ ${DPK_T_NODE[i]} == "$DPK_P_SCHED_NODE" ]]; then
     kill -"$sig" "$pid" 2>/dev/null
   else

@@ -106,7 +106,7 @@ print("token in env", "JUPYTER_TOKEN" in os.environ, "cwd", os.getcwd())
   submit launch-dask-wordcount.pbs -l select=2:ncpus=1:mem=1gb -v JUPYTER=yes
   [ "$status" -eq 1 ]
   run job_output dask-wordcount
-  [ "$output" = "dask-pbs: JUPYTER=yes is for the interactive templates (a production job runs PROGRAM, not a notebook)" ]
+  [ "$output" = "dask-pbs: JUPYTER=yes is for the interactive templates (a production job starts no notebook)" ]
   submit launch-dask-cluster-path.pbs -l select=2:ncpus=1:mem=1gb -v JUPYTER=maybe
   [ "$status" -eq 1 ]
 }

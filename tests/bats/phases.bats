@@ -292,3 +292,17 @@ EOF
   [ "$status" -eq 0 ]
   [ "$output" = $'{"a": 1}\n\nlast\n|[]' ]
 }
+
+@test "teardown: a task still starting (no PID recorded yet) is stopped through its pbsdsh, at once, no warning" {
+  stub "$BATS_TEST_TMPDIR/pbsdsh.pid" obeys  # plays the task's pbsdsh, which passes SIGTERM on
+  await_pid_files pbsdsh.pid
+  run lib "$TASKS"'DPK_T_PID+=("$(cat pbsdsh.pid)") DPK_T_NODE+=(node01) DPK_T_LINE+=(1)
+    DPK_T_PIDFILE+=(not-yet.pid) DPK_T_LOG+=(w.log)
+    dpk::now_us a; dpk::stop_tasks $((a + 2000000)); dpk::now_us b
+    echo "took $(((b - a) / 1000)) ms"'
+  echo "$output"
+  [[ $output != *warning* ]]
+  [[ ${lines[-1]} =~ ^took\ ([0-9]+)\ ms$ ]]
+  [ "${BASH_REMATCH[1]}" -lt 1000 ]
+  ! kill -0 "$(cat pbsdsh.pid)" 2>/dev/null
+}

@@ -117,20 +117,27 @@ mode() {
   # The program lists the addresses that listen on the dashboard's port.
   cat >listeners.py <<'EOF'
 import json
-port = json.load(open("scheduler.json"))["services"]["dashboard"]
-found = set()
-for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-    for row in open(table).readlines()[1:]:
-        local, state = row.split()[1], row.split()[3]
-        host, hexport = local.split(":")
-        if state == "0A" and int(hexport, 16) == port:
-            found.add(host)
-print("listening on", sorted(found))
+from distributed import Client
+
+def listening(port):
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in open(table).readlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            host, hexport = local.split(":")
+            if state == "0A" and int(hexport, 16) == port:
+                found.add(host)
+    return sorted(found)
+
+print("listening on", listening(json.load(open("scheduler.json"))["services"]["dashboard"]))
+workers = Client(scheduler_file="scheduler.json").scheduler_info(n_workers=-1)["workers"].values()
+print("workers listening on", sorted({h for w in workers for h in listening(w["services"]["dashboard"])}))
 EOF
   production_job "python3 listeners.py" DASHBOARD=loopback
   [ "$status" -eq 0 ]
   echo "$output"
   [[ $output == *"listening on ['0100007F']"* ]]
+  [[ $output == *"workers listening on ['0100007F']"* ]]  # the workers' own pages too
   [[ $output == *"dashboard: http://localhost:"*"/status on node node00 only (DASHBOARD=loopback)"* ]]
   [[ $output =~ tunnel:\ +ssh\ -N\ -L\ ([0-9]+):localhost:([0-9]+)\ -J\ [^\ ]+\ node00\  ]]
 
