@@ -20,6 +20,17 @@ start_workers() {
   WORKERS_QSUB_PID=$!
 }
 
+# A worker job against SCHEDULER_FILE, waited for, which must fail (status 1):
+# refused_workers SCHEDULER_FILE; its output file in $output and $lines, then removed.
+refused_workers() {
+  run qsub -W block=true -v "$(kit_vars),SCHEDULER_FILE=$1" \
+    -l select=1:ncpus=1:mem=1gb "$KIT/scripts/launch-dask-workers.pbs"
+  [ "$status" -eq 1 ]
+  run cat dask-workers.o*
+  echo "$output"
+  rm -f dask-workers.o*
+}
+
 # Wait until the cluster has N workers: wait_workers N
 wait_workers() {
   local _
@@ -147,15 +158,10 @@ PY
 }
 
 @test "a worker job refuses, before anything starts, a missing scheduler file, a cluster that has ended, missing TLS files" {
-  run qsub -W block=true -v "$(kit_vars),SCHEDULER_FILE=$BATS_TEST_TMPDIR/none.json" \
-    -l select=1:ncpus=1:mem=1gb "$KIT/scripts/launch-dask-workers.pbs"
-  [ "$status" -eq 1 ]
-  run cat dask-workers.o*
-  echo "$output"
+  refused_workers "$BATS_TEST_TMPDIR/none.json"
   [[ $output == *"none.json: no such scheduler file"* ]]
   [[ $output == *"this job's workers cannot join the cluster of $BATS_TEST_TMPDIR/none.json"* ]]
   [[ $output != *"starting"* ]]
-  rm -f dask-workers.o*
 
   # A cluster that has ended, whose files a killed job left behind.
   start_cluster
@@ -165,22 +171,13 @@ PY
   qdel "$CLUSTER_JOB"
   wait "$CLUSTER_QSUB_PID"
   sed -i "s|$BATS_TEST_TMPDIR/dask-logs/$CLUSTER_JOB/tls|$BATS_TEST_TMPDIR/old/tls-kept|g" old/scheduler.tls.json
-  run qsub -W block=true -v "$(kit_vars),SCHEDULER_FILE=$BATS_TEST_TMPDIR/old/scheduler.json" \
-    -l select=1:ncpus=1:mem=1gb "$KIT/scripts/launch-dask-workers.pbs"
-  [ "$status" -eq 1 ]
-  run cat dask-workers.o*
-  echo "$output"
+  refused_workers "$BATS_TEST_TMPDIR/old/scheduler.json"
   [[ $output == *"gone"* || $output == *"has ended"* || $output == *"closed"* ]]
-  rm -f dask-workers.o*
 
   # A TLS cluster whose client file is gone (its job ended, or another user's).
   start_cluster
   rm -f scheduler.tls.json
-  run qsub -W block=true -v "$(kit_vars),SCHEDULER_FILE=$BATS_TEST_TMPDIR/scheduler.json" \
-    -l select=1:ncpus=1:mem=1gb "$KIT/scripts/launch-dask-workers.pbs"
-  [ "$status" -eq 1 ]
-  run cat dask-workers.o*
-  echo "$output"
+  refused_workers "$BATS_TEST_TMPDIR/scheduler.json"
   [[ $output == *"scheduler.tls.json"* ]]
   qdel "$CLUSTER_JOB"
   wait "$CLUSTER_QSUB_PID"

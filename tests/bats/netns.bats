@@ -10,9 +10,38 @@ setup_file() {
   fi
 }
 
-# What the -v list of every test here passes: the default interface, auto.
-netns_vars() {
-  echo "DASK_PBS_KIT=$KIT,PYTHON_PREFIX=$KIT/.venv,READY_TIMEOUT=60"
+# Start launch-dask-cluster-path.pbs in netns mode, in the background, with the default
+# INTERFACE (auto): netns_job CHUNKS [VAR=VALUE,...] (CHUNKS chunks of ncpus=1:mem=1gb, 3
+# minutes of walltime); sets JOB_QSUB_PID, its qsub's job id in qsub.out.
+netns_job() {
+  export FAKEPBS_NETNS=1
+  qsub -W block=true -v "$(kit_vars)${2:+,$2}" -l "select=$1:ncpus=1:mem=1gb" -l walltime=00:03:00 \
+    "$KIT/scripts/launch-dask-cluster-path.pbs" >qsub.out &
+  JOB_QSUB_PID=$!
+}
+
+# A 3-chunk netns_job, waited for until it is ready; sets JOBID and DASHBOARD_URL (what
+# dashboard_url.py prints from the login node).
+auto_cluster() {
+  netns_job 3
+  run "$PY" "$KIT/helpers/dashboard_url.py" --wait 90 scheduler.json
+  [ "$status" -eq 0 ]
+  DASHBOARD_URL=$output
+  JOBID=$(head -n 1 qsub.out)
+}
+
+# The job's subnet: its nodes' ib0 addresses are SUBNET.1, SUBNET.2, ...
+job_subnet() {
+  "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["netns"]["subnet"])' "$FAKEPBS_HOME/jobs/1/job.json"
+}
+
+# qdel the netns_job, whatever its qsub's exit status then; nothing of it may be left:
+# no namespace, no process.
+end_cluster() {
+  qdel "$(head -n 1 qsub.out)"
+  wait "$JOB_QSUB_PID" || true
+  [ -z "$(leftover_namespaces)" ]
+  assert_no_job_processes
 }
 
 # The job's namespaces and login link still present (empty when all are gone).
@@ -24,16 +53,10 @@ leftover_namespaces() {
 }
 
 @test "netns: scheduler and workers on each node's ib0 address; the dashboard URL works from the login node" {
-  export FAKEPBS_NETNS=1
-  qsub -W block=true -v "$(netns_vars)" -l select=3:ncpus=1:mem=1gb -l walltime=00:03:00 \
-    "$KIT/scripts/launch-dask-cluster-path.pbs" >qsub.out &
-  JOB_QSUB_PID=$!
-  run "$PY" "$KIT/helpers/dashboard_url.py" --wait 90 scheduler.json
-  [ "$status" -eq 0 ]
-  url=$output
-  subnet=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["netns"]["subnet"])' "$FAKEPBS_HOME/jobs/1/job.json")
-  [ "$url" = "http://$subnet.1:8787/status" ]
-  run "$PY" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).status)' "$url"
+  auto_cluster
+  subnet=$(job_subnet)
+  [ "$DASHBOARD_URL" = "http://$subnet.1:8787/status" ]
+  run "$PY" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).status)' "$DASHBOARD_URL"
   [ "$output" = 200 ]
   run with_client '
 import socket
@@ -47,17 +70,14 @@ print("scheduler host", client.run_on_scheduler(socket.gethostname))
   [ "${lines[1]}" = "worker tls://$subnet.2 node01" ]
   [ "${lines[2]}" = "worker tls://$subnet.3 node02" ]
   [ "${lines[3]}" = "scheduler host node00" ]
-  qdel "$(head -n 1 qsub.out)"
+  qdel "$JOBID"
   wait "$JOB_QSUB_PID"
   [ -z "$(leftover_namespaces)" ]
   assert_no_job_processes
 }
 
 @test "netns: DASHBOARD=loopback is unreachable from the login node but serves on the node" {
-  export FAKEPBS_NETNS=1
-  qsub -W block=true -v "$(netns_vars),DASHBOARD=loopback" -l select=2:ncpus=1:mem=1gb -l walltime=00:03:00 \
-    "$KIT/scripts/launch-dask-cluster-path.pbs" >qsub.out &
-  JOB_QSUB_PID=$!
+  netns_job 2 DASHBOARD=loopback
   "$PY" "$KIT/helpers/dashboard_url.py" --wait 90 scheduler.json
   port=$("$PY" -c 'import json; print(json.load(open("scheduler.json"))["services"]["dashboard"])')
   host=$("$PY" -c 'import json; print(json.load(open("scheduler.json"))["address"].split("//")[1].rsplit(":", 1)[0])')
@@ -79,7 +99,7 @@ print('on the node', client.run_on_scheduler(fetch))
 
 @test "netns: an interface the nodes lack fails at once, listing the nodes' own interfaces" {
   export FAKEPBS_NETNS=1
-  run qsub -W block=true -v "$(netns_vars),INTERFACE=eth0" -l select=2:ncpus=1:mem=1gb -l walltime=00:02:00 \
+  run qsub -W block=true -v "$(kit_vars),INTERFACE=eth0" -l select=2:ncpus=1:mem=1gb -l walltime=00:02:00 \
     "$KIT/scripts/launch-dask-cluster-path.pbs"
   [ "$status" -eq 1 ]
   run job_output dask-cluster-path
@@ -102,17 +122,6 @@ print('on the node', client.run_on_scheduler(fetch))
   assert_no_job_processes
 }
 
-# Start an interactive job in netns mode with INTERFACE=auto; wait until it is ready.
-auto_cluster() {
-  export FAKEPBS_NETNS=1
-  qsub -W block=true -v "$(netns_vars)" -l select=3:ncpus=1:mem=1gb -l walltime=00:03:00 \
-    "$KIT/scripts/launch-dask-cluster-path.pbs" >qsub.out &
-  JOB_QSUB_PID=$!
-  run "$PY" "$KIT/helpers/dashboard_url.py" --wait 90 scheduler.json
-  [ "$status" -eq 0 ]
-  JOBID=$(head -n 1 qsub.out)
-}
-
 # The addresses the cluster's scheduler and workers listen on, one per line.
 cluster_addresses() {
   with_client '
@@ -125,7 +134,7 @@ for addr in sorted(client.scheduler_info()["workers"]):
 @test "netns: INTERFACE=auto takes ib0 beside an unroutable eth9, where the host names resolve" {
   export FAKEPBS_NETNS_LINKS=ib0,eth9:dark
   auto_cluster
-  subnet=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["netns"]["subnet"])' "$FAKEPBS_HOME/jobs/1/job.json")
+  subnet=$(job_subnet)
   run cluster_addresses
   echo "$output"
   [[ ${lines[0]} == "tls://$subnet.1:"* ]]
@@ -135,10 +144,7 @@ for addr in sorted(client.scheduler_info()["workers"]):
   [[ $output == *"network:   ib0 on node00, node01, node02 (INTERFACE=auto)"* ]]
   run cat dask-logs/"$JOBID"/*.iface
   [ "$(grep -c ' ib0 .* host-name$' <<<"$output")" -eq 3 ]
-  qdel "$JOBID"
-  wait "$JOB_QSUB_PID" || true
-  [ -z "$(leftover_namespaces)" ]
-  assert_no_job_processes
+  end_cluster
 }
 
 @test "netns: names that resolve nowhere: the scheduler's node prefers ib0, the workers follow the route" {
@@ -151,10 +157,7 @@ for addr in sorted(client.scheduler_info()["workers"]):
   [[ $output == *"node02 ib0 "*" route"* ]]
   run with_client 'print(len(client.scheduler_info()["workers"]))'
   [ "$output" = 2 ]
-  qdel "$JOBID"
-  wait "$JOB_QSUB_PID" || true
-  [ -z "$(leftover_namespaces)" ]
-  assert_no_job_processes
+  end_cluster
 }
 
 @test "netns: a cluster without InfiniBand (NCAR's ext): INTERFACE=auto takes ext, where ib0 would fail" {
@@ -164,19 +167,13 @@ for addr in sorted(client.scheduler_info()["workers"]):
   [[ $output == *"network:   ext on node00, node01, node02 (INTERFACE=auto)"* ]]
   run with_client 'print(client.submit(sum, [1, 2]).result(), len(client.scheduler_info()["workers"]))'
   [ "$output" = "3 2" ]
-  qdel "$JOBID"
-  wait "$JOB_QSUB_PID" || true
-  [ -z "$(leftover_namespaces)" ]
-  assert_no_job_processes
+  end_cluster
 }
 
 @test "netns: JupyterLab on node00's network, from the login node: the URL with its token, refused without, a kernel's plain Client, the dashboard through the proxy" {
-  export FAKEPBS_NETNS=1
-  qsub -W block=true -v "$(netns_vars),JUPYTER=yes" -l select=3:ncpus=1:mem=1gb -l walltime=00:03:00 \
-    "$KIT/scripts/launch-dask-cluster-path.pbs" >qsub.out &
-  JOB_QSUB_PID=$!
+  netns_job 3 JUPYTER=yes
   wait_jupyter
-  subnet=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["netns"]["subnet"])' "$FAKEPBS_HOME/jobs/1/job.json")
+  subnet=$(job_subnet)
   [[ $BASE == "http://$subnet.1:$PORT" ]]
   run http_status "$URL"
   [ "$output" = "200 False" ]
@@ -191,8 +188,5 @@ client = Client(scheduler_file=os.environ["DASK_SCHEDULER_FILE"])
 print(client.scheduler.address.rsplit(":", 1)[0], client.submit(sum, [1, 2]).result(), len(client.scheduler_info()["workers"]))
 '
   [ "$output" = "tls://$subnet.1 3 2" ]
-  qdel "$(head -n 1 qsub.out)"
-  wait "$JOB_QSUB_PID" || true
-  [ -z "$(leftover_namespaces)" ]
-  assert_no_job_processes
+  end_cluster
 }
