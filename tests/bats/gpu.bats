@@ -100,10 +100,7 @@ chunk-1-gpu1 GPU=1 True True False False" ]
 
 @test "a GPU chunk whose host shows no GPU fails at once, naming the host and what it saw" {
   # No launch hook, and an nvidia-smi that finds no device first on the job's PATH.
-  mkdir -p prefix/bin
-  ln -s "$KIT/.venv/bin/python3" "$KIT/.venv/bin/dask" prefix/bin/
-  printf '#!/bin/sh\necho "No devices were found"\nexit 6\n' >prefix/bin/nvidia-smi
-  chmod +x prefix/bin/nvidia-smi
+  prefix_with nvidia-smi 'echo "No devices were found"; exit 6'
   SECONDS=0
   submit launch-dask-cluster-path.pbs -l select=1:ncpus=1:mem=1gb+1:ncpus=2:ngpus=2:mem=2gb -l walltime=00:05:00 \
     -v "PYTHON_PREFIX=$BATS_TEST_TMPDIR/prefix"

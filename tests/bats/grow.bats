@@ -5,7 +5,7 @@
 load test_helper
 
 # Start a 2-chunk interactive cluster job (1 worker) and wait until it is ready.
-start_cluster() {
+start_cluster_job() {
   submit_background launch-dask-cluster-path.pbs -l select=2:ncpus=1:mem=1gb -l walltime=00:05:00 "$@"
   CLUSTER_QSUB_PID=$JOB_QSUB_PID
   CLUSTER_JOB=$(background_job_id)
@@ -82,7 +82,7 @@ PY
 }
 
 @test "a worker job grows the cluster; before its walltime it retires its workers, their results kept, nothing recomputed; it ends 0" {
-  start_cluster
+  start_cluster_job
   SECONDS=0
   start_workers -l select=2:ncpus=1:mem=1gb -l walltime=00:00:50 -v WALLTIME_MARGIN=30
   wait_workers 3
@@ -118,7 +118,7 @@ PY
 
 @test "qdel of a worker job (a real MoM's login shell) retires its workers the same way within the kill delay" {
   export FAKEPBS_START=login FAKEPBS_KILL_DELAY=10
-  start_cluster
+  start_cluster_job
   start_workers -l select=2:ncpus=1:mem=1gb -l walltime=00:05:00
   wait_workers 3
   hold_results
@@ -140,7 +140,7 @@ PY
 }
 
 @test "the cluster ending first ends the worker job at once, with 0" {
-  start_cluster
+  start_cluster_job
   start_workers -l select=1:ncpus=1:mem=1gb -l walltime=00:05:00
   wait_workers 2
   qdel "$CLUSTER_JOB"
@@ -164,7 +164,7 @@ PY
   [[ $output != *"starting"* ]]
 
   # A cluster that has ended, whose files a killed job left behind.
-  start_cluster
+  start_cluster_job
   cp scheduler.json scheduler.tls.json "dask-logs/$CLUSTER_JOB/"
   mkdir -p old && cp scheduler.json scheduler.tls.json old/
   cp -r "dask-logs/$CLUSTER_JOB/tls" old/tls-kept
@@ -175,7 +175,7 @@ PY
   [[ $output == *"gone"* || $output == *"has ended"* || $output == *"closed"* ]]
 
   # A TLS cluster whose client file is gone (its job ended, or another user's).
-  start_cluster
+  start_cluster_job
   rm -f scheduler.tls.json
   refused_workers "$BATS_TEST_TMPDIR/scheduler.json"
   [[ $output == *"scheduler.tls.json"* ]]

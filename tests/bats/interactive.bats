@@ -127,15 +127,7 @@ print(set(client.run(os.getenv, "CONDA_DEFAULT_ENV").values()))
 }
 
 @test "the cluster shuts down cleanly before the walltime and the job exits 0" {
-  SECONDS=0
-  submit launch-dask-cluster-path.pbs -l select=2:ncpus=1:mem=1gb -l walltime=00:00:25 -v WALLTIME_MARGIN=12
-  [ "$status" -eq 0 ]
-  [ "$SECONDS" -lt 25 ]
-  run job_output dask-cluster-path
-  [[ $output == *"holding the cluster for "* ]]
-  [[ $output == *"walltime nearly over: shutting the cluster down"* ]]
-  [[ $output != *"job killed: walltime"* ]]
-  assert_no_job_processes
+  ends_before_its_walltime WALLTIME_MARGIN=12
 }
 
 @test "a client's shutdown() ends an interactive job with status 0" {

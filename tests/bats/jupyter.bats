@@ -78,10 +78,9 @@ print("token in env", "JUPYTER_TOKEN" in os.environ, "cwd", os.getcwd())
 }
 
 @test "a broken JupyterLab install fails the job with its log's last lines; none at all is refused before anything starts" {
-  mkdir -p prefix/bin
-  ln -s "$KIT/.venv/bin/python3" "$KIT/.venv/bin/dask" prefix/bin/
-  printf '#!/bin/sh\necho "Traceback (most recent call last):" >&2\necho "ModuleNotFoundError: No module named jupyterlab_server" >&2\nexit 1\n' >prefix/bin/jupyter-lab
-  chmod +x prefix/bin/jupyter-lab
+  prefix_with jupyter-lab 'echo "Traceback (most recent call last):" >&2
+echo "ModuleNotFoundError: No module named jupyterlab_server" >&2
+exit 1'
   SECONDS=0
   submit launch-dask-cluster-path.pbs -l select=2:ncpus=1:mem=1gb -l walltime=00:05:00 \
     -v "JUPYTER=yes,PYTHON_PREFIX=$BATS_TEST_TMPDIR/prefix"

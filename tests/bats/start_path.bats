@@ -34,13 +34,6 @@ forkservers() {
   done
 }
 
-start_cluster() {
-  submit_background launch-dask-cluster-path.pbs "$@"
-  JOBID=$(background_job_id)
-  run wait_ready
-  [ "$status" -eq 0 ]
-}
-
 stop_cluster() {
   qdel "$JOBID"
   wait "$JOB_QSUB_PID" || true

@@ -153,3 +153,48 @@ PY
 cell() {
   "$PY" "$KIT/tests/tools/jupyter_cell.py" "$BASE" "$TOKEN" "$1"
 }
+
+# ------------------------------------------------------------------ common job shapes
+
+# Submit an interactive job in the background and wait until its cluster is ready; sets
+# JOBID (and JOB_QSUB_PID, as submit_background). Arguments: qsub options.
+start_cluster() {
+  submit_background launch-dask-cluster-path.pbs "$@"
+  JOBID=$(background_job_id)
+  run wait_ready
+  [ "$status" -eq 0 ]
+}
+
+# qdel the job start_cluster started and wait for its qsub -W block=true; sets QSUB_STATUS.
+# shellcheck disable=SC2034 # QSUB_STATUS is read by the .bats files
+qdel_and_wait() {
+  qdel "$JOBID"
+  QSUB_STATUS=0
+  wait "$JOB_QSUB_PID" || QSUB_STATUS=$?
+}
+
+# A Python prefix for PYTHON_PREFIX=$BATS_TEST_TMPDIR/prefix: the kit's python3 and dask,
+# and a stand-in COMMAND with the shell BODY (a site's broken or missing tool).
+# Arguments: COMMAND BODY.
+prefix_with() {
+  mkdir -p prefix/bin
+  ln -sf "$KIT/.venv/bin/python3" "$KIT/.venv/bin/dask" prefix/bin/
+  printf '#!/bin/sh\n%s\n' "$2" >"prefix/bin/$1"
+  chmod +x "prefix/bin/$1"
+}
+
+# An interactive job whose walltime (25 s) ends it: it must stop itself first, and exit 0.
+# Arguments: extra -v settings.
+# shellcheck disable=SC2154 # $output and $status are set by bats' run (submit runs it)
+ends_before_its_walltime() {
+  SECONDS=0
+  submit launch-dask-cluster-path.pbs -l select=2:ncpus=1:mem=1gb -l walltime=00:00:25 -v "$1"
+  [ "$status" -eq 0 ]
+  [ "$SECONDS" -lt 25 ]
+  run job_output dask-cluster-path
+  [[ $output == *"holding the cluster for "* ]]
+  [[ $output == *"walltime nearly over: shutting the cluster down"* ]]
+  [[ $output != *"job killed: walltime"* ]]
+  [[ $output != *warning* ]]
+  assert_no_job_processes
+}
