@@ -7,6 +7,18 @@
             (per-host variables stay each task's own)
   memory    the per-process --memory-limit for a PBS chunk size
   tls       make a job's TLS credentials (CA, cluster and client certificates)
+  wait-ready       wait until the scheduler and every launched worker have registered
+  banner           the lines that say where the cluster is and how to reach it
+  jupyter-prepare  JUPYTER=yes: the job's private JupyterLab folder and token
+  jupyter-wait     until JupyterLab answers; its banner lines (URL, tunnel)
+  join-check       a worker job: may its workers join the cluster of that scheduler file?
+  retire           a worker job's workers leave the cluster, their data handed over
+On each node, for its Dask process (task.sh):
+  interface        INTERFACE=auto: this node's interface for Dask
+  host-memory      a worker's --memory-limit: never more than its host's share
+  task-setup       both of the above in one call
+  gpu              a GPU worker's device on its host, and its worker command
+Each command says more with --help.
 """
 from __future__ import annotations
 
