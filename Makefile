@@ -8,7 +8,7 @@ FAKEPBS := $(CURDIR)/tests/fakepbs/bin
 DEMO_SELECT ?= select=3:ncpus=2:mem=4gb
 DEMO_VARS ?=
 
-.PHONY: demo demo-jupyter test test-python test-bats lint bench clean venv test-deps browser
+.PHONY: demo demo-jupyter test test-python test-bats lint bench clean venv test-deps browser bytecode
 
 $(VENV)/.run-installed: requirements/run.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -38,9 +38,14 @@ node_modules/bats/bin/bats: package.json
 	touch $@
 
 venv: $(VENV)/.run-installed
+
+# The kit's and the fake PBS's Python, compiled ahead as a first run would do it where
+# PYTHONDONTWRITEBYTECODE is set (as on CI machines): every task's start then reads them.
+bytecode: venv
+	@$(VENV)/bin/python -m compileall -q helpers scripts/lib tests/fakepbs
 test-deps: $(VENV)/.test-installed node_modules/bats/bin/bats browser
 
-demo: venv
+demo: bytecode
 	@rm -f dask-wordcount.o*
 	@echo "make demo: submitting scripts/launch-dask-wordcount.pbs to the fake PBS ($(DEMO_SELECT))"
 	@PATH="$(FAKEPBS):$$PATH" qsub -W block=true -l $(DEMO_SELECT) $(if $(DEMO_VARS),-v $(DEMO_VARS)) \
@@ -49,7 +54,7 @@ demo: venv
 
 # JupyterLab beside a 3-chunk cluster on the fake PBS; it runs until File > Shut Down in
 # JupyterLab (or qdel), and prints how to reach it.
-demo-jupyter: $(VENV)/.jupyter-installed
+demo-jupyter: $(VENV)/.jupyter-installed bytecode
 	@echo "make demo-jupyter: submitting scripts/launch-dask-cluster-path.pbs with JUPYTER=yes to the fake PBS ($(DEMO_SELECT))"
 	@job=$$(PATH="$(FAKEPBS):$$PATH" qsub -l $(DEMO_SELECT) -l walltime=01:00:00 -v JUPYTER=yes \
 		scripts/launch-dask-cluster-path.pbs) && echo "make demo-jupyter: job $$job" && \
@@ -57,7 +62,7 @@ demo-jupyter: $(VENV)/.jupyter-installed
 	echo "make demo-jupyter: open the URL above; File > Shut Down in JupyterLab ends the job" \
 		"(or: PATH=\"$(FAKEPBS):\$$PATH\" qdel $$job)"
 
-test: test-deps
+test: test-deps bytecode
 	$(VENV)/bin/python -m pytest -q tests
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" node_modules/bats/bin/bats tests/bats
 
@@ -68,7 +73,7 @@ $(VENV)/.bench-installed: $(VENV)/.run-installed requirements/bench.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/bench.txt
 	touch $@
 
-bench: $(VENV)/.bench-installed
+bench: $(VENV)/.bench-installed bytecode
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:

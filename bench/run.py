@@ -479,6 +479,11 @@ def main() -> int:
     parser.add_argument("--scale-procs", type=int, nargs="+", default=[8, 16, 32, 64, 128],
                         help="worker processes of bench/scale.py's rows")
     opts = parser.parse_args()
+    # As `make bytecode`: the kit's and the fake's modules compiled, as a first run leaves
+    # them where PYTHONDONTWRITEBYTECODE is not set (every task then reads them).
+    import compileall
+    for folder in ("helpers", "scripts/lib", "tests/fakepbs"):
+        compileall.compile_dir(str(KIT / folder), quiet=1)
     import dask
     import distributed
 

@@ -29,7 +29,8 @@ exit status: 0 ready, 2 usage, 9 not ready within SECONDS, 10 a watched task end
 
 OPTIONS = {"--scheduler-file": "value", "--roll": "value", "--timeout": "value"}
 OPTIONAL = {"--name-prefix": "value"}
-POLL = 0.05    # seconds between looks at the roll and the watched processes
+POLL = 0.01    # seconds between looks at the roll (a small file: the last worker is seen at once)
+ALIVE_EVERY = 5  # looks between checks of the watched processes (one /proc read per task)
 LOG_LINES = 8  # lines of a task's log quoted when it ends early
 
 
@@ -171,8 +172,11 @@ def wait_ready(scheduler_file: str, roll: str, timeout: float, watches: list,
     """Return once the scheduler file exists and every launched worker process is on the
     roll; raise PROCESS_EXITED as soon as a watched task ends first, NOT_READY at timeout."""
     deadline = clock() + timeout
+    looks = 0
     while True:
-        check_alive(watches, is_gone)
+        if looks % ALIVE_EVERY == 0:
+            check_alive(watches, is_gone)
+        looks += 1
         names = read_roll(roll)
         # The scheduler writes its file when it listens; workers register after that.
         have_file = os.path.exists(scheduler_file)

@@ -19,7 +19,6 @@ import pwd
 import random
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,8 @@ QUEUE = "workq"
 FIVE_YEARS = 5 * 365 * 24 * 3600
 WALLTIME_EXIT = -29
 TM_ESYSTEM = 17000  # src/include/tm_.h
+# How the fake runs itself (bin/* do the same): an import reads the compiled module.
+ENTRY = "import sys; sys.path[0:0] = [sys.argv[1]]; import fakepbs; sys.exit(fakepbs.main(sys.argv[2:]))"
 NAME_RE = __import__("re").compile(r"^[A-Za-z0-9_+.\-]{1,230}$")
 
 
@@ -312,7 +313,7 @@ def qsub(argv: list[str]) -> int:
         "id": jobid,
         "seq": seq,
         "name": name,
-        "owner": f"{pwd.getpwuid(os.getuid()).pw_name}@{socket.gethostname()}",
+        "owner": f"{pwd.getpwuid(os.getuid()).pw_name}@{os.uname().nodename}",
         "queue": opts.get("q", QUEUE),
         "account": opts.get("A"),
         "state": "Q",
@@ -339,7 +340,7 @@ def qsub(argv: list[str]) -> int:
     }
     save_job(jdir, job)
     mom = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "_mom", str(jdir)],
+        [sys.executable, "-S", "-c", ENTRY, str(HERE), "_mom", str(jdir)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
     )
@@ -377,7 +378,7 @@ def job_variable_list(opts: dict, workdir: str) -> dict:
             out[f"PBS_O_{name}"] = env[name]
     out["PBS_O_WORKDIR"] = workdir
     out["PBS_O_SYSTEM"] = os.uname().sysname
-    out["PBS_O_HOST"] = socket.gethostname()
+    out["PBS_O_HOST"] = os.uname().nodename
     out["PBS_O_QUEUE"] = opts.get("q", QUEUE)
     out.update(opts["vars"])
     return out
@@ -939,7 +940,7 @@ def job_attributes(job: dict) -> list[tuple[str, str | None, str]]:
     when the job's owner is a PBS manager (FAKEPBS_MANAGER=1). A job never runs as one at
     a site (root's jobs are refused by default, acl_roots), so the default hides it, even
     when these tests run as root."""
-    host = socket.gethostname()
+    host = os.uname().nodename
     hosts = job["nodes"]
     running = "stime" in job
     attrs: list[tuple[str, str | None, str]] = [

@@ -11,11 +11,10 @@ is enabled (off in the shipped pbs_cgroups.CF), when CUDA_VISIBLE_DEVICES is "".
 """
 from __future__ import annotations
 
-import hashlib
-
 
 def gpu_uuid(job_id: str, host: int, device: int) -> str:
     """A UUID-shaped id, the same for one (job, host, device), different elsewhere."""
+    import hashlib  # here: every task's start imports this module, few need a GPU id
     digest = hashlib.sha1(f"{job_id}/{host}/{device}".encode()).hexdigest()
     return f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 

@@ -107,6 +107,25 @@ def test_the_wait_ends_when_the_file_and_every_process_are_there(tmp_path):
     assert naps == [ready.POLL] * 4
 
 
+def test_the_roll_is_read_each_look_the_processes_every_few(tmp_path):
+    # The roll is a small file: read it often, so the last worker is seen at once; the
+    # watched processes cost a /proc read each, so they are looked at less often.
+    roll, sched = tmp_path / "workers.txt", tmp_path / "scheduler.json"
+    sched.write_text("{}")
+    watches = [watch(chunk=1, nprocs=1), watch(chunk=2, nprocs=1)]
+    looked, naps = [], []
+
+    def sleep(seconds):
+        naps.append(seconds)
+        if len(naps) == 2 * ready.ALIVE_EVERY + 1:
+            roll.write_text("chunk-1\nchunk-2\n")
+
+    ready.wait_ready(str(sched), str(roll), 10, watches, clock=lambda: 0.0, sleep=sleep,
+                     is_gone=lambda pid: looked.append(pid) or False)
+    assert len(naps) == 2 * ready.ALIVE_EVERY + 1
+    assert len(looked) == 3 * len(watches)  # at looks 0, ALIVE_EVERY and 2 * ALIVE_EVERY
+
+
 # ------------------------------------------------------------------ the command, with real processes
 
 def test_a_watched_pbsdsh_that_ends_fails_the_wait_at_once(tmp_path):
