@@ -11,7 +11,8 @@ through Jupyter's proxy; no news prompt).
 
   kit.py jupyter-prepare FOLDER --scheduler-file FILE --dashboard network|loopback|off
   kit.py jupyter-wait --runtime DIR --pid PID --log LOG --timeout S --node NODE
-                      --login-host HOST --publish FILE [--loopback] [--dashboard-port PORT]
+                      --login-host HOST --publish FILE [--info INFO] [--loopback]
+                      [--dashboard-port PORT]
 """
 from __future__ import annotations
 
@@ -31,11 +32,14 @@ address JupyterLab listens on, bound as the dashboard is (network: the scheduler
 loopback or off: 127.0.0.1), and the dashboard's port (none without one)."""
 
 WAIT_USAGE = """usage: kit.py jupyter-wait --runtime DIR --pid PID --log LOG --timeout SECONDS --node NODE
-                          --login-host HOST --publish FILE [--loopback] [--dashboard-port PORT]
+                          --login-host HOST --publish FILE [--info INFO] [--loopback]
+                          [--dashboard-port PORT]
 
 Wait until the JupyterLab of process PID (its runtime folder DIR) answers, then print the
-banner's lines (its URL with the token, the ssh tunnel that reaches it from a laptop) and
-write them, with what dashboard_url.py --jupyter needs, to FILE (0600). Fails at once,
+banner's lines (its URL with the token, the ssh tunnel that reaches it from a laptop),
+append them to INFO (the job's cluster-info.txt) and then write them, with what
+dashboard_url.py --jupyter needs, to FILE (0600): whoever sees FILE finds INFO complete.
+Fails at once,
 quoting the end of LOG, if PID exits first.
 exit status: 0 ready, 2 usage, 9 not ready within SECONDS, 10 JupyterLab exited"""
 
@@ -205,7 +209,7 @@ def wait_cli(argv: list) -> None:
     """kit.py jupyter-wait ...: see WAIT_USAGE."""
     names = ("--runtime", "--pid", "--log", "--timeout", "--node", "--login-host", "--publish")
     options = {name: "value" for name in names}
-    options.update({"--loopback": "flag", "--dashboard-port": "value"})
+    options.update({"--loopback": "flag", "--dashboard-port": "value", "--info": "value"})
     opts, operands = args.parse(argv, options, WAIT_USAGE)
     missing = [name for name in names if name not in opts]
     if operands or missing or not opts["--pid"].isdigit():
@@ -214,5 +218,9 @@ def wait_cli(argv: list) -> None:
                       args.number(opts["--timeout"], "--timeout"))
     where = reach(info, opts["--node"], opts["--login-host"], "--loopback" in opts,
                   _port(opts.get("--dashboard-port")))
+    lines = "\n".join(banner_lines(where))
+    if "--info" in opts:  # before FILE appears: a user waiting for FILE then reads all of INFO
+        with open(opts["--info"], "a", encoding="utf-8") as fh:
+            fh.write(lines + "\n")
     _write_private(opts["--publish"], json.dumps(where, indent=1))
-    print("\n".join(banner_lines(where)))
+    print(lines)

@@ -523,14 +523,13 @@ dpk::start_jupyter() {
   DPK_JUPYTER_PID=$!
   "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" jupyter-wait --runtime "$dir/runtime" \
     --pid "$DPK_JUPYTER_PID" --log "$log" --timeout "$READY_TIMEOUT" --node "$DPK_P_SCHED_NODE" \
-    --login-host "${PBS_O_HOST:-LOGIN_NODE}" --publish "$DPK_F_JUPYTER" "${loopback[@]}" \
+    --login-host "${PBS_O_HOST:-LOGIN_NODE}" --publish "$DPK_F_JUPYTER" --info "$DPK_F_INFO" "${loopback[@]}" \
     --dashboard-port "$port" >"$dir/banner" 2>"$DPK_F_ERR.jupyter.err" || status=$?
   dpk::relay "$DPK_F_ERR.jupyter.err"
   [[ $status -eq 0 ]] || dpk::die "JupyterLab did not start (JUPYTER=yes): the job ends (see $log)"
   dpk::read_file DPK_PUB_JUPYTER "$DPK_F_JUPYTER"
   dpk::read_file lines "$dir/banner"
   rm -f "$dir/banner"
-  printf '%s' "$lines" >>"$DPK_F_INFO"
   printf '%s' "$lines" >>"$DPK_F_LOG"
   printf '%s' "$lines"
 }

@@ -82,6 +82,27 @@ def test_the_lines_that_reach_it_on_the_network_and_on_loopback():
     assert where["dashboard"] == "" and "the dashboard" not in jupyter.banner_lines(where)[1]
 
 
+def test_wait_completes_the_jobs_info_before_it_publishes(tmp_path, monkeypatch, capsys):
+    # A user (or a test) that waits for the published file then reads cluster-info.txt:
+    # it must already hold JupyterLab's lines.
+    info_file, published = tmp_path / "cluster-info.txt", tmp_path / "scheduler.jupyter.json"
+    info_file.write_text("dask-pbs: cluster ready\n")
+    monkeypatch.setattr(jupyter, "wait_ready", lambda *a: {
+        "port": 41234, "token": "abc", "hostname": "10.99.0.1", "root_dir": "/run"})
+    seen = []
+    real_write = jupyter._write_private
+    monkeypatch.setattr(jupyter, "_write_private",
+                        lambda path, text: (seen.append(info_file.read_text()), real_write(path, text)))
+    jupyter.wait_cli(["--runtime", str(tmp_path), "--pid", "1", "--log", "/dev/null", "--timeout", "5",
+                      "--node", "node00", "--login-host", "login1", "--publish", str(published),
+                      "--info", str(info_file), "--dashboard-port", "8787"])
+    lines = capsys.readouterr().out
+    assert "  jupyter:   http://10.99.0.1:41234/lab?token=abc" in lines
+    assert seen == ["dask-pbs: cluster ready\n" + lines]
+    assert info_file.read_text() == seen[0]
+    assert json.loads(published.read_text())["url"] == "http://10.99.0.1:41234/lab?token=abc"
+
+
 def test_what_the_job_published_is_read_back_or_refused(tmp_path):
     assert jupyter.jupyter_file("/w/scheduler.json") == "/w/scheduler.jupyter.json"
     with pytest.raises(KitError) as err:
