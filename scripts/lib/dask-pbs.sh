@@ -581,12 +581,27 @@ dpk::hold() {
     dpk::count_workers
     dpk::nap 1
   done
+  dpk::await_own_signal
   if [[ -e $DPK_F_CLOSED ]]; then
     dpk::log "the scheduler has been shut down (by a client): ending the job"
     return 0
   fi
   dpk::warn "the scheduler died (see $LOG_DIR/scheduler-$DPK_P_SCHED_CHUNK.log)"
   return 1
+}
+
+# The scheduler has ended. If a signal stopped it (its log says "Received signal"), it may
+# be the job's own end: qdel and the walltime send SIGTERM to every process of the job at
+# once, and on a busy node the scheduler can close (or die of a second SIGTERM, from its
+# pbsdsh) before this script's trap has run. Wait up to 1 s for that signal: the trap then
+# ends the job as a qdel, without a false "died" or "shut down by a client". A client's
+# shutdown() or a crash logs no signal, and is told at once.
+dpk::await_own_signal() {
+  local i
+  grep -q "Received signal SIG" "${DPK_T_LOG[0]}" 2>/dev/null || return 0
+  for ((i = 0; i < 10; i++)); do
+    dpk::nap 0.1
+  done
 }
 
 # Say so when the cluster's roll changes (workers of worker jobs joining or leaving, or a
@@ -636,6 +651,7 @@ dpk::watch_scheduler() {
   while dpk::scheduler_alive; do
     dpk::nap 0.5
   done
+  dpk::await_own_signal  # a qdel's SIGTERM ends this watcher (default action) in the meantime
   [[ -e $DPK_F_CLOSED ]] && return 0
   : >"$DPK_F_DIED"
   dpk::warn "the scheduler died while the program ran (see $LOG_DIR/scheduler-$DPK_P_SCHED_CHUNK.log): stopping the program"

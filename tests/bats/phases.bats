@@ -11,16 +11,19 @@ lib() {
 
 # A stub Dask process: python3 that writes its PID to $1, then behaves as $2 says:
 # obeys (exits at once on SIGTERM), ignores (SIGTERM does nothing), closes (on SIGTERM,
-# writes the file $3 as the scheduler's plugin does, then exits).
+# writes the file $3 as the scheduler's plugin does, then exits), signalled (closes, and
+# first logs to $1.log what distributed logs on a signal).
 stub() {
   "$PY" - "$@" <<'PY' &
 import os, signal, sys, time
 pid_file, kind = sys.argv[1], sys.argv[2]
 def closing(*_):
+    if kind == "signalled":
+        open(pid_file + ".log", "a").write("INFO - Received signal SIGTERM (15)\n")
     open(sys.argv[3], "w").write("closed\n")
     sys.exit(0)
 signal.signal(signal.SIGTERM, {"obeys": signal.SIG_DFL, "ignores": signal.SIG_IGN,
-                               "closes": closing}[kind])
+                               "closes": closing, "signalled": closing}[kind])
 with open(pid_file + ".tmp", "w") as fh:
     fh.write(f"{os.getpid()}\n")
 os.replace(pid_file + ".tmp", pid_file)
@@ -192,6 +195,28 @@ EOF
     (sleep 0.5; kill -KILL "$(cat s.pid)") & dpk::hold || echo "status $?"'
   [[ $output == *"dask-pbs: warning: the scheduler died"* ]]
   [ "${lines[-1]}" = "status 1" ]
+}
+
+@test "hold: a qdel that reaches the scheduler first is still a qdel: no 'shut down by a client', no 'died'" {
+  # qdel signals every process of the job at once; on a busy node the scheduler may close
+  # (its log says it got the signal) before the job script's trap has run: here the hold
+  # sees it gone at its look after 1 s, and the job script's SIGTERM comes 0.3 s later.
+  stub "$BATS_TEST_TMPDIR/s.pid" signalled "$BATS_TEST_TMPDIR/closed"
+  await_pid_files s.pid
+  run lib "$TASKS"'add_task node00 s.pid; DPK_P_WALLTIME_LEFT=-1 DPK_P_SCHED_CHUNK=0 LOG_DIR=.
+    trap "dpk::on_signal TERM" TERM
+    (sleep 0.2; kill -TERM "$(cat s.pid)"; sleep 1.3; kill -TERM $$) & dpk::hold; echo "status $?"'
+  [ "$status" -eq 0 ]
+  [ "${lines[1]}" = "dask-pbs: received SIGTERM: shutting the cluster down" ]
+  [[ $output != *"by a client"* && $output != *"died"* && $output != *"status"* ]]
+  # Without a qdel to follow, the same scheduler's end is told after that second.
+  rm -f closed s.pid s.pid.log
+  stub "$BATS_TEST_TMPDIR/s.pid" signalled "$BATS_TEST_TMPDIR/closed"
+  await_pid_files s.pid
+  run lib "$TASKS"'add_task node00 s.pid; DPK_P_WALLTIME_LEFT=-1 DPK_P_SCHED_CHUNK=0 LOG_DIR=.
+    (sleep 0.5; kill -TERM "$(cat s.pid)") & dpk::hold; echo "status $?"'
+  [ "${lines[1]}" = "dask-pbs: the scheduler has been shut down (by a client): ending the job" ]
+  [ "${lines[2]}" = "status 0" ]
 }
 
 # ------------------------------------------------------------------ teardown
