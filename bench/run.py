@@ -365,7 +365,7 @@ def breakdown_table(rows: list, runs: int) -> None:
 def qdel_run(nodes: int, nworkers: int, start: str) -> tuple:
     """One interactive job (the path template, the kit's defaults), held until qdel once its
     cluster is ready and its dashboards have loaded: (qdel to qsub -W block=true returning s,
-    the kit's own "cluster stopped in X s", warnings in the job output, processes left).
+    the kit's own "cluster stopped in X s", the job output's warning lines, processes left).
     start: the fake MoM's FAKEPBS_START (direct, or login as a real MoM starts jobs)."""
     tmp = Path(tempfile.mkdtemp())
     home = tmp / "pbs"
@@ -402,7 +402,7 @@ def qdel_run(nodes: int, nworkers: int, start: str) -> tuple:
     stopped = re.search(r"cluster stopped in ([0-9.]+) s", out)
     if not stopped:
         sys.exit(f"bench: the interactive job did not say how it stopped:\n{out}")
-    return until_end, float(stopped.group(1)), out.count("warning"), left
+    return until_end, float(stopped.group(1)), [line for line in out.splitlines() if "warning" in line], left
 
 
 def qdel_table(sizes: list, nworkers_list: list, runs: int) -> None:
@@ -415,15 +415,17 @@ def qdel_table(sizes: list, nworkers_list: list, runs: int) -> None:
     for nworkers in nworkers_list:
         for nodes in sizes:
             for start in ("direct", "login"):
-                ends, kits, warnings, left = [], [], 0, 0
+                ends, kits, warnings, left = [], [], [], 0
                 for _ in range(runs):
                     until_end, kit, warned, stray = qdel_run(nodes, nworkers, start)
                     ends.append(until_end)
                     kits.append(kit)
                     warnings += warned
                     left += stray
-                print(f"{nodes:>5} {nworkers:>5} {start:>6} {summary(ends):>22} {summary(kits):>22} {warnings:>8} "
+                print(f"{nodes:>5} {nworkers:>5} {start:>6} {summary(ends):>22} {summary(kits):>22} {len(warnings):>8} "
                       f"{left:>4}", flush=True)
+                for line in warnings:  # what they were: a count alone cannot be looked into
+                    print(f"      {line}", flush=True)
 
 
 def wordcount_table(runs: int, megabytes: int) -> None:
