@@ -31,6 +31,9 @@ OPTIONS = {"--scheduler-file": "value", "--roll": "value", "--timeout": "value"}
 OPTIONAL = {"--name-prefix": "value"}
 POLL = 0.01    # seconds between looks at the roll (a small file: the last worker is seen at once)
 ALIVE_EVERY = 5  # looks between checks of the watched processes (one /proc read per task)
+# A large job's roll is longer, sits on the shared file system (an open is a server round
+# trip on NFS), and its start takes seconds anyway: look less often.
+LARGE_JOB, LARGE_POLL = 64, 0.05  # watched tasks beyond which, and its seconds between looks
 LOG_LINES = 8  # lines of a task's log quoted when it ends early
 
 
@@ -173,8 +176,9 @@ def wait_ready(scheduler_file: str, roll: str, timeout: float, watches: list,
     roll; raise PROCESS_EXITED as soon as a watched task ends first, NOT_READY at timeout."""
     deadline = clock() + timeout
     looks = 0
+    poll, alive_every = (POLL, ALIVE_EVERY) if len(watches) <= LARGE_JOB else (LARGE_POLL, 1)
     while True:
-        if looks % ALIVE_EVERY == 0:
+        if looks % alive_every == 0:
             check_alive(watches, is_gone)
         looks += 1
         names = read_roll(roll)
@@ -184,7 +188,7 @@ def wait_ready(scheduler_file: str, roll: str, timeout: float, watches: list,
             return
         if clock() >= deadline:
             raise KitError(timeout_message(watches, names, timeout, have_file, prefix), NOT_READY)
-        sleep(POLL)
+        sleep(poll)
 
 
 def cli(argv: list) -> None:

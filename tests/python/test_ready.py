@@ -126,6 +126,23 @@ def test_the_roll_is_read_each_look_the_processes_every_few(tmp_path):
     assert len(looked) == 3 * len(watches)  # at looks 0, ALIVE_EVERY and 2 * ALIVE_EVERY
 
 
+def test_a_large_job_looks_less_often(tmp_path):
+    roll, sched = tmp_path / "workers.txt", tmp_path / "scheduler.json"
+    sched.write_text("{}")
+    watches = [watch(chunk=c) for c in range(1, ready.LARGE_JOB + 2)]
+    naps, looked = [], []
+
+    def sleep(seconds):
+        naps.append(seconds)
+        if len(naps) == 2:
+            roll.write_text("".join(f"chunk-{w.chunk}\n" for w in watches))
+
+    ready.wait_ready(str(sched), str(roll), 10, watches, clock=lambda: 0.0, sleep=sleep,
+                     is_gone=lambda pid: looked.append(pid) or False)
+    assert naps == [ready.LARGE_POLL] * 2
+    assert len(looked) == 3 * len(watches)  # every look, as it is a slower one
+
+
 # ------------------------------------------------------------------ the command, with real processes
 
 def test_a_watched_pbsdsh_that_ends_fails_the_wait_at_once(tmp_path):
