@@ -107,6 +107,12 @@ PY
   [[ $output != *warning* ]]
   run "$PY" "$KIT/helpers/dashboard_url.py" --workers
   [ "$output" = "1 worker (none from worker jobs)" ]
+  # The cluster job tells a change of its roll at its next look (once a second): let it
+  # look before the qdel.
+  for _ in $(seq 100); do
+    grep -q "the cluster has 1 worker" "dask-logs/$CLUSTER_JOB/job.log" && break
+    sleep 0.1
+  done
   qdel "$CLUSTER_JOB"
   wait "$CLUSTER_QSUB_PID"
   # The cluster job said when the worker job's workers came and went.
