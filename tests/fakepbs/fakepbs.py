@@ -39,7 +39,7 @@ QUEUE = "workq"
 FIVE_YEARS = 5 * 365 * 24 * 3600
 WALLTIME_EXIT = -29
 TM_ESYSTEM = 17000  # src/include/tm_.h
-# How the fake runs itself (bin/* do the same): an import reads the compiled module.
+# How the fake runs itself (command.sh, for bin/*, does the same): an import reads the compiled module.
 ENTRY = "import sys; sys.path[0:0] = [sys.argv[1]]; import fakepbs; sys.exit(fakepbs.main(sys.argv[2:]))"
 NAME_RE = __import__("re").compile(r"^[A-Za-z0-9_+.\-]{1,230}$")
 
