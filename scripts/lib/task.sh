@@ -144,7 +144,7 @@ if [[ -n $gpu ]]; then
   [[ $device =~ ^[0-9]+$ ]] && export CUDA_DEVICE_ORDER=${CUDA_DEVICE_ORDER:-PCI_BUS_ID}
   if [[ $command == dask-cuda-worker ]]; then
     read -r -a extra <<<"$cuda_args"
-    dask_command=(cuda worker) dask_python=""  # dask-cuda's command, run as a command
+    dask_command=(cuda worker)  # dask-cuda's command, run as a command (not in dask's Python)
     set -- "$@" "${extra[@]}"
   fi
   printf 'dask-pbs: GPU worker on node %s: CUDA_VISIBLE_DEVICES=%s (%s), %s\n' "$node" "$device" \
