@@ -73,14 +73,20 @@ dpk::announce_added() {
     "$(dpk::seconds "$((DPK_READY_US - DPK_STARTED_US))") s; it has $count"
 }
 
+# True while any of this job's tasks runs (its pbsdsh).
+dpk::tasks_running() {
+  local pid
+  for pid in "${DPK_T_PID[@]}"; do
+    dpk::alive "$pid" && return 0
+  done
+  return 1
+}
+
 # True once the cluster has ended: its scheduler closed, or died (the cluster job's
 # markers), or it no longer answers (asked only when this job's tasks have all gone).
 dpk::cluster_ended() {
   [[ -e $DPK_J_LOG_DIR/scheduler.closed || -e $DPK_J_LOG_DIR/scheduler.died ]] && return 0
-  local i
-  for i in "${!DPK_T_PID[@]}"; do
-    dpk::alive "${DPK_T_PID[i]}" && return 1
-  done
+  dpk::tasks_running && return 1
   local status=0
   "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" join-check "$DPK_J_COPY" >/dev/null 2>&1 || status=$?
   [[ $status -eq 13 ]]
@@ -90,7 +96,7 @@ dpk::cluster_ended() {
 # the cluster ends (then at once). Reads: DPK_P_WALLTIME_*, DPK_J_*. Returns 0, or 1 if
 # this job's workers died while the cluster lives.
 dpk::hold_added() {
-  local hold=-1 end="" i alive
+  local hold=-1 end=""
   if [[ $DPK_P_WALLTIME_LEFT -ge 0 ]]; then
     hold=$((DPK_P_WALLTIME_LEFT - WALLTIME_MARGIN))
     [[ $hold -gt 0 ]] || hold=0
@@ -109,11 +115,7 @@ dpk::hold_added() {
       dpk::log "walltime nearly over: retiring this job's workers"
       return 0
     fi
-    alive=0
-    for i in "${!DPK_T_PID[@]}"; do
-      dpk::alive "${DPK_T_PID[i]}" && alive=1
-    done
-    if [[ $alive -eq 0 ]]; then
+    if ! dpk::tasks_running; then
       dpk::warn "this job's workers have all ended while the cluster lives (see $LOG_DIR/)"
       return 1
     fi
