@@ -184,24 +184,24 @@ def hold_back_dashboard(dask_args: list, environ=os.environ) -> list:
     return ["--no-dashboard"] + dask_args
 
 
-def nworkers(dask_args: list) -> str:
-    """The --nworkers (or --nprocs) value of dask worker's arguments, "1" when absent."""
-    value = "1"
+def option_value(dask_args: list, names: tuple, default: str) -> str:
+    """The last value given to one of the options names (--name VALUE or --name=VALUE) in
+    the Dask arguments, default when none is."""
+    value = default
     for i, word in enumerate(dask_args):
         name, eq, inline = word.partition("=")
-        if name in ("--nworkers", "--nprocs"):
+        if name in names:
             value = inline if eq else (dask_args[i + 1] if i + 1 < len(dask_args) else value)
     return value
 
 
+def nworkers(dask_args: list) -> str:
+    """The --nworkers (or --nprocs) value of dask worker's arguments, "1" when absent."""
+    return option_value(dask_args, ("--nworkers", "--nprocs"), "1")
+
+
 def dashboard_prefix(dask_args: list) -> str:
-    prefix = ""
-    for i, word in enumerate(dask_args):
-        if word == "--dashboard-prefix" and i + 1 < len(dask_args):
-            prefix = dask_args[i + 1]
-        elif word.startswith("--dashboard-prefix="):
-            prefix = word.partition("=")[2]
-    return prefix
+    return option_value(dask_args, ("--dashboard-prefix",), "")
 
 
 def hold_back_worker_dashboard(dask_args: list, preload: str, forkserver: bool,
@@ -321,6 +321,12 @@ def run_dask(role: str, dask_args: list) -> None:
     command.main()
 
 
+def say_twice(job_err: int, message: str) -> None:
+    """message on the job's stderr (job_err) and in the task's log (fd 2), as task.sh's fail."""
+    os.write(job_err, message.encode())
+    os.write(2, message.encode())
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     helpers, rest = argv[0], argv[1:]
@@ -342,9 +348,7 @@ def main(argv=None) -> None:
     os.close(log_fd)
     workers = settings.get("workers", "")
     for note in size_for(role, int(workers) if workers.isdigit() else 0):
-        message = f"dask-pbs: warning: node {settings.get('node', '?')}: {note}\n"
-        os.write(job_err, message.encode())
-        os.write(2, message.encode())
+        say_twice(job_err, f"dask-pbs: warning: node {settings.get('node', '?')}: {note}\n")
     forkserver = uses_forkserver(role, dask_args)
     if role == "worker":
         dask_args = hold_back_worker_dashboard(
@@ -363,9 +367,7 @@ def main(argv=None) -> None:
         dask_args, how, choice = setup(settings, dask_args)
     except Exception as exc:  # said on the job's stderr and in the task's log, as task.sh's fail
         what = str(exc) if isinstance(exc, KitError) else f"the kit's checks failed ({type(exc).__name__}: {exc})"
-        message = f"dask-pbs: node {settings.get('node', '?')}: {what}\n"
-        os.write(job_err, message.encode())
-        os.write(2, message.encode())
+        say_twice(job_err, f"dask-pbs: node {settings.get('node', '?')}: {what}\n")
         sys.exit(STATUS.get(exc.code, 1) if isinstance(exc, KitError) else 1)
     if choice and settings.get("iface"):
         with open(settings["iface"], "w", encoding="utf-8") as fh:
