@@ -73,7 +73,7 @@ $(VENV)/.bench-installed: $(VENV)/.run-installed requirements/bench.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/bench.txt
 	touch $@
 
-bench: $(VENV)/.bench-installed bytecode
+bench: $(VENV)/.bench-installed  # bench/run.py compiles the modules itself (run by hand too)
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
