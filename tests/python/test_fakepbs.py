@@ -280,13 +280,30 @@ def test_netns_each_node_has_its_own_ib0_address_and_host_name(fakepbs, tmp_path
 
 
 def wait_finished(home, jobid: str, timeout: float = 60) -> None:
+    """Until the job is finished and its MoM has exited, as `qsub -W block=true` waits: the
+    MoM marks the job F just before it exits, and a test that then counts what is left of
+    the job must not count the MoM."""
+    jdir = home / "jobs" / jobid.split(".")[0]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = json.loads((home / "jobs" / jobid.split(".")[0] / "job.json").read_text())
-        if job["state"] == "F":
+        job = json.loads((jdir / "job.json").read_text())
+        if job["state"] == "F" and not mom_running(jdir):
             return
         time.sleep(0.05)
     raise AssertionError(f"{jobid} still running after {timeout} s")
+
+
+def mom_running(jdir: Path) -> bool:
+    """Whether the fake MoM of the job in jdir still runs (`fakepbs.py _mom JDIR`)."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                words = fh.read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"_mom" in words and str(jdir).encode() in words:
+            return True
+    return False
 
 
 @needs_netns
