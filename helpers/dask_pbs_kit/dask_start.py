@@ -12,12 +12,14 @@ In that one process, in this order:
      Dask's connect timeout and the scheduler's listen backlog follow it (size_for);
   2. a worker whose nanny starts worker processes with multiprocessing's forkserver (the kit
      sets distributed.worker.multiprocessing-method to forkserver unless the job's
-     environment says otherwise): the forkserver starts at once, preloading distributed
-     (and, for several processes per chunk, the worker's dashboard modules), so that it
-     imports them while this process imports the nanny's; each worker process is then a
-     fork of it (milliseconds), where spawn starts a fresh interpreter that imports them
-     again, once per process (--nworkers N: N times). A worker of one process per chunk
-     adds its dashboard once the cluster is ready instead (hold_back_worker_dashboard);
+     environment says otherwise): the forkserver starts at once, a fork of this process
+     right after `import distributed` (start_forkserver: one import per chunk, not one for
+     the nanny and one for a forkserver of its own), and imports the worker's HTTP routes
+     (and, for several processes per chunk, its dashboard) while this process goes on with
+     the nanny's; each worker process is then a fork of it (milliseconds), where spawn
+     starts a fresh interpreter that imports them again, once per process (--nworkers N:
+     N times). A worker of one process per chunk adds its dashboard once the cluster is
+     ready instead (hold_back_worker_dashboard);
   3. what `kit.py interface` (INTERFACE=auto) and `kit.py host-memory` (a worker's memory
      limit) compute, without a Python start of their own: --interface and --memory-limit
      are added to the Dask arguments, the choice written to the iface file;
@@ -97,14 +99,28 @@ def socket_folder() -> None:
                       f"({SUN_PATH - SOCKET_NAMES} characters at most)")
 
 
-def start_forkserver(modules: list) -> None:
-    """Start multiprocessing's forkserver now, preloading modules (it imports them while we
-    go on). distributed's nanny then finds it running and only asks it for forks. Raises
-    OSError when it cannot start."""
+def start_forkserver(modules: list) -> str:
+    """Start multiprocessing's forkserver now, preloading modules; distributed's nanny then
+    finds it running and only asks it for forks. Where this Python's forkserver is the one
+    the kit knows (fork_layout_known), it is a fork of this process taken right after
+    `import distributed` (fork_forkserver): one import for the nanny and its worker
+    processes, where a forkserver of its own is a second interpreter importing it all
+    again (about 0.45 s of CPU per chunk). Otherwise multiprocessing starts it, importing
+    modules while we go on. Returns how it started ("fork" or "spawn"). Raises OSError when
+    it cannot start."""
     import multiprocessing
     import multiprocessing.forkserver
 
     socket_folder()
+    if fork_layout_known(multiprocessing.forkserver):
+        try:
+            import distributed  # noqa: F401  (what the nanny and every worker process import)
+        except ImportError:
+            pass  # the nanny's own import says what is wrong, in the task's log
+        else:
+            if single_threaded():
+                fork_forkserver(multiprocessing.forkserver, [m for m in modules if m != "distributed"])
+                return "fork"
     multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
     # The forkserver is a `python -c` whose sys.path starts with its current folder, and it
     # imports its preload before it would take ours (Python 3.11 never takes it): started
@@ -116,6 +132,116 @@ def start_forkserver(modules: list) -> None:
         multiprocessing.forkserver.ensure_running()
     finally:
         os.chdir(here)
+    return "spawn"
+
+
+# What multiprocessing.forkserver holds in Python 3.4-3.13: a fork of ours must fill in
+# exactly these, and serve with main(listener_fd, alive_r, preload, ...). A Python whose
+# forkserver differs (3.14 adds an authentication key) gets a forkserver of its own.
+FORKSERVER_STATE = {"_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid",
+                    "_inherited_fds", "_lock", "_preload_modules"}
+FORKSERVER_MAIN = ("listener_fd", "alive_r", "preload", "main_path", "sys_path")
+FORKSERVER_NAME = "dask-forkserver"  # its name in ps and top (15 characters at most)
+
+
+def fork_layout_known(module) -> bool:
+    """Whether module (multiprocessing.forkserver) is the forkserver fork_forkserver can
+    stand in for, none running yet."""
+    server = getattr(module, "_forkserver", None)
+    main = getattr(module, "main", None)
+    code = getattr(main, "__code__", None)
+    return (server is not None and code is not None and set(vars(server)) == FORKSERVER_STATE
+            and code.co_varnames[:code.co_argcount] == FORKSERVER_MAIN
+            and server._forkserver_pid is None)
+
+
+def single_threaded() -> bool:
+    """No Python thread besides this one: a fork keeps only the forking thread, and a lock
+    another one held would stay locked in the forkserver and every worker process. (A BLAS
+    pool's threads, started by numpy's import, are stopped and restarted by the library's
+    own fork handlers, as for multiprocessing's own forkserver, which preloads numpy too.)"""
+    import threading
+
+    return threading.active_count() == 1
+
+
+def fork_forkserver(module, modules: list) -> None:
+    """A forkserver forked from this process, as multiprocessing.forkserver.ensure_running()
+    would spawn one: listening on a private unix socket, ending when every process holding
+    the "alive" pipe's write end (this one, and each worker process it forks) has ended. It
+    imports modules after the fork, while this process goes on with the nanny's."""
+    import socket
+    from multiprocessing import connection
+
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        address = connection.arbitrary_address("AF_UNIX")
+        listener.bind(address)
+        os.chmod(address, 0o600)
+        listener.listen()
+        alive_r, alive_w = os.pipe()
+    except OSError:
+        listener.close()
+        raise
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        serve_forks(module, listener.detach(), alive_r, modules)
+    listener.close()
+    os.close(alive_r)
+    server = module._forkserver
+    server._forkserver_address = address
+    server._forkserver_alive_fd = alive_w
+    server._forkserver_pid = pid
+
+
+def serve_forks(module, listener_fd: int, alive_r: int, modules: list) -> None:
+    """The forked forkserver: only its socket, its end of the alive pipe and stdin/out/err
+    kept (the job's stderr and this process's write end of the pipe closed, or it would
+    outlive the nanny), named in ps, then multiprocessing's own loop. Never returns."""
+    code = 0
+    try:
+        keep = sorted({listener_fd, alive_r})
+        os.closerange(3, keep[0])
+        os.closerange(keep[0] + 1, keep[1])
+        os.closerange(keep[1] + 1, fd_ceiling())
+        rename(FORKSERVER_NAME, back_in_children=True)
+        module.main(listener_fd, alive_r, modules)
+    except SystemExit:  # main()'s way out: the alive pipe closed
+        pass
+    except BaseException:  # noqa: BLE001  (said in the task's log; the nanny spawns then)
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def fd_ceiling() -> int:
+    """One more than this process's highest open file descriptor (the open-file limit where
+    /proc cannot tell: it may be large, as size_for raises it)."""
+    try:
+        return max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return os.sysconf("SC_OPEN_MAX")
+
+
+def rename(name: str, back_in_children: bool = False) -> None:
+    """This process's name in ps and top (Linux's /proc/self/comm); its forks get the old
+    one back. Nothing where the system has no such file."""
+    try:
+        with open("/proc/self/comm", "r+", encoding="utf-8") as fh:
+            old = fh.read().strip()
+            fh.seek(0)
+            fh.write(name)
+    except OSError:
+        return
+    if back_in_children:
+        os.register_at_fork(after_in_child=lambda: rename(old))
 
 
 LARGE = 200               # worker processes from which Dask's settings follow the job's size

@@ -23,11 +23,16 @@ fake_prefix() {
   chmod +x prefix/bin/python3 prefix/bin/dask
 }
 
-# The forkservers among the job's processes: that command line, whose parent's is not
-# (the worker processes it forks keep its command line).
+# The forkservers among the job's processes: forked from their nanny (named dask-forkserver
+# in ps; the worker processes it forks get their name back), or spawned by multiprocessing
+# (that command line, whose parent's is not: its worker processes keep its command line).
 forkservers() {
   local pid parent
   for pid in $(job_processes); do
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dask-forkserver ]; then
+      echo "$pid"
+      continue
+    fi
     grep -q 'multiprocessing.forkserver import main' "/proc/$pid/cmdline" 2>/dev/null || continue
     parent=$(awk '{print $4}' "/proc/$pid/stat" 2>/dev/null) || continue
     grep -q 'multiprocessing.forkserver import main' "/proc/$parent/cmdline" 2>/dev/null || echo "$pid"
@@ -48,6 +53,9 @@ print(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10).stat
   [ "$output" = 200 ]
   run forkservers
   [ "${#lines[@]}" -eq 2 ]
+  # forked from their nannies (one import of distributed per chunk), not spawned
+  [ "$(cat "/proc/${lines[0]}/comm")" = dask-forkserver ]
+  [ "$(cat "/proc/${lines[1]}/comm")" = dask-forkserver ]
   run with_client '
 import time, urllib.error, urllib.request
 def status(port):

@@ -179,7 +179,7 @@ def test_task_setup_errors(capsys):
 # ------------------------------------------------------------------ real processes
 
 def descendants(pid: int, depth: int = 99) -> list:
-    """(pid, command line) of every live descendant of pid, down to depth generations."""
+    """(pid, "[name] command line") of every live descendant of pid, down to depth generations."""
     children: dict = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -188,6 +188,8 @@ def descendants(pid: int, depth: int = 99) -> list:
                     parent = int(fh.read().rsplit(")", 1)[1].split()[1])
                 with open(f"/proc/{entry}/cmdline", "rb") as fh:
                     cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+                with open(f"/proc/{entry}/comm") as fh:
+                    cmdline = f"[{fh.read().strip()}] {cmdline}"
             except (OSError, ValueError):
                 continue
             children.setdefault(parent, []).append((int(entry), cmdline))
@@ -198,6 +200,11 @@ def descendants(pid: int, depth: int = 99) -> list:
             found.append(child)
             todo.append((child[0], level + 1))
     return found
+
+
+def is_forkserver(cmd: str) -> bool:
+    """A forkserver in descendants(): forked from its nanny (named so in ps) or spawned."""
+    return cmd.startswith(f"[{ds.FORKSERVER_NAME}] ") or "forkserver import main" in cmd
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -278,8 +285,9 @@ def test_scheduler_and_workers_start_in_one_python_each_dashboards_off_the_start
         # Each worker task: its Dask process, a forkserver, the worker processes its forks.
         for proc, nworkers in zip(procs[1:], (1, 2)):
             tree = descendants(proc.pid, 1)
-            servers = [pid for pid, cmd in tree if "forkserver import main" in cmd]
+            servers = [pid for pid, cmd in tree if is_forkserver(cmd)]
             assert len(servers) == 1, tree
+            assert "forkserver import main" not in dict(tree)[servers[0]]  # a fork of the nanny
             forked = descendants(servers[0], 1)
             assert len(forked) == nworkers, (tree, forked)
         lines = {name: (logs / name).read_text() for name in ("scheduler-0.log", "worker-1.log", "worker-2.log")}
@@ -327,6 +335,80 @@ def test_a_tmpdir_too_long_for_a_unix_socket_means_spawn(tmp_path, monkeypatch):
     ds.socket_folder()
 
 
+def test_the_fork_stands_in_only_for_the_forkserver_it_knows():
+    import multiprocessing.forkserver as mpfs
+    from types import SimpleNamespace
+
+    assert ds.fork_layout_known(SimpleNamespace(_forkserver=mpfs.ForkServer(), main=mpfs.main))
+    newer = mpfs.ForkServer()
+    newer._forkserver_authkey = None  # Python 3.14's forkserver authenticates its clients
+    assert not ds.fork_layout_known(SimpleNamespace(_forkserver=newer, main=mpfs.main))
+
+    def main(listener_fd, alive_r, authkey_r, preload, main_path=None, sys_path=None):
+        pass
+    assert not ds.fork_layout_known(SimpleNamespace(_forkserver=mpfs.ForkServer(), main=main))
+    running = mpfs.ForkServer()
+    running._forkserver_pid = 1
+    assert not ds.fork_layout_known(SimpleNamespace(_forkserver=running, main=mpfs.main))
+    assert not ds.fork_layout_known(SimpleNamespace())
+
+
+FORKSERVER_SCRIPT = """
+import json, os, pathlib, sys, threading, time, multiprocessing, multiprocessing.forkserver
+sys.path.insert(0, sys.argv[1])
+from dask_pbs_kit import dask_start as ds
+if sys.argv[2] == "unknown":
+    ds.fork_layout_known = lambda module: False
+elif sys.argv[2] == "thread":
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+how = ds.start_forkserver(["distributed", "distributed.http.health"])
+server = multiprocessing.forkserver._forkserver._forkserver_pid
+with multiprocessing.get_context("forkserver").Pool(2) as pool:
+    parents = {pool.apply(os.getppid) for _ in range(4)}
+    names = {pool.apply(pathlib.Path("/proc/self/comm").read_text).strip() for _ in range(4)}
+    imported = pool.apply(eval, ("'distributed.http.health' in __import__('sys').modules",))
+print(json.dumps({"how": how, "server": server, "parents": sorted(parents), "names": sorted(names),
+                  "imported": imported, "server_name": pathlib.Path(f"/proc/{server}/comm").read_text().strip(),
+                  "server_fds": len(os.listdir(f"/proc/{server}/fd"))}), flush=True)
+time.sleep(60)
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"  # ended, its parent gone before it
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("mode, how", [("known", "fork"), ("unknown", "spawn"), ("thread", "spawn")])
+def test_the_forkserver_is_a_fork_of_the_nanny_where_it_can_be_and_ends_with_it(tmp_path, mode, how):
+    proc = subprocess.Popen([sys.executable, "-c", FORKSERVER_SCRIPT, str(KIT / "helpers"), mode],
+                            cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp_path)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        facts = json.loads(proc.stdout.readline() or "null")
+        assert facts, proc.stderr.read()
+        assert facts["how"] == how
+        assert facts["parents"] == [facts["server"]]  # every worker process is one of its forks
+        assert facts["imported"]                      # with the preload imported before the fork
+        assert facts["names"] == ["python"]           # named as their parent was, not as the forkserver
+        with open(f"/proc/{facts['server']}/cmdline", "rb") as fh:
+            spawned = b"forkserver import main" in fh.read()
+        assert spawned is (how == "spawn")
+        if how == "fork":
+            assert facts["server_name"] == ds.FORKSERVER_NAME
+            # its socket, the alive pipe's read end, its loop's signal pipe and selector, the
+            # pool's status pipes (2), stdin/out/err: not the nanny's files nor its end of the pipe
+            assert facts["server_fds"] <= 10, facts
+        os.kill(proc.pid, signal.SIGKILL)  # the nanny dies at once: its forkserver follows
+        proc.wait(timeout=10)
+        wait_for(lambda: gone(facts["server"]), "forkserver's end", timeout=20)
+    finally:
+        stop(proc)
+
+
 def test_a_worker_whose_tmpdir_is_too_long_spawns_and_says_so(tmp_path, job):
     logs, env = job
     deep = tmp_path / ("d" * 60) / ("e" * 40)
@@ -342,7 +424,7 @@ def test_a_worker_whose_tmpdir_is_too_long_spawns_and_says_so(tmp_path, job):
                              "--interface", "lo", "--local-directory", str(tmp_path)], dict(env, TMPDIR=str(deep))))
         wait_for(lambda: (logs / "workers.txt").exists() and len((logs / "workers.txt").read_text().split()) == 1,
                  "the worker on the roll")
-        assert not [cmd for _, cmd in descendants(procs[1].pid, 1) if "forkserver import main" in cmd]
+        assert not [cmd for _, cmd in descendants(procs[1].pid, 1) if is_forkserver(cmd)]
         text = (logs / "worker-1.log").read_text()
         assert "dask-pbs: node node01: the worker processes' forkserver did not start (TMPDIR " in text
         assert "): they start with spawn" in text
