@@ -217,6 +217,15 @@ EOF
     (sleep 0.5; kill -TERM "$(cat s.pid)") & dpk::hold; echo "status $?"'
   [ "${lines[1]}" = "dask-pbs: the scheduler has been shut down (by a client): ending the job" ]
   [ "${lines[2]}" = "status 0" ]
+  # Signalled, gone without closing, and no signal for this script: the job's end, not a death.
+  rm -f closed s.pid s.pid.log
+  stub "$BATS_TEST_TMPDIR/s.pid" signalled "$BATS_TEST_TMPDIR/not-the-closed-file"
+  await_pid_files s.pid
+  run lib "$TASKS"'add_task node00 s.pid; DPK_P_WALLTIME_LEFT=-1 DPK_P_SCHED_CHUNK=0 LOG_DIR=.
+    (sleep 0.5; kill -TERM "$(cat s.pid)") & dpk::hold; echo "status $?"'
+  [ "${lines[1]}" = "dask-pbs: the scheduler was stopped by a signal (its log says so: qdel, the walltime or a kill) and did not close: ending the job" ]
+  [ "${lines[2]}" = "status 0" ]
+  [[ $output != *"died"* ]]
 }
 
 # ------------------------------------------------------------------ teardown
