@@ -197,6 +197,16 @@ EOF
   [ "${lines[-1]}" = "status 1" ]
 }
 
+# Hold a fresh scheduler stub that logs a SIGTERM and writes file $1 as it goes, signalled
+# 0.5 s in with no signal for the holding script: its output in $lines, as `run` leaves it.
+hold_signalled_scheduler() {
+  rm -f closed s.pid s.pid.log
+  stub "$BATS_TEST_TMPDIR/s.pid" signalled "$1"
+  await_pid_files s.pid
+  run lib "$TASKS"'add_task node00 s.pid; DPK_P_WALLTIME_LEFT=-1 DPK_P_SCHED_CHUNK=0 LOG_DIR=.
+    (sleep 0.5; kill -TERM "$(cat s.pid)") & dpk::hold; echo "status $?"'
+}
+
 @test "hold: a qdel that reaches the scheduler first is still a qdel: no 'shut down by a client', no 'died'" {
   # qdel signals every process of the job at once; on a busy node the scheduler may close
   # (its log says it got the signal) before the job script's trap has run: here the hold
@@ -210,19 +220,11 @@ EOF
   [ "${lines[1]}" = "dask-pbs: received SIGTERM: shutting the cluster down" ]
   [[ $output != *"by a client"* && $output != *"died"* && $output != *"status"* ]]
   # Without a qdel to follow, the same scheduler's end is told after that second.
-  rm -f closed s.pid s.pid.log
-  stub "$BATS_TEST_TMPDIR/s.pid" signalled "$BATS_TEST_TMPDIR/closed"
-  await_pid_files s.pid
-  run lib "$TASKS"'add_task node00 s.pid; DPK_P_WALLTIME_LEFT=-1 DPK_P_SCHED_CHUNK=0 LOG_DIR=.
-    (sleep 0.5; kill -TERM "$(cat s.pid)") & dpk::hold; echo "status $?"'
+  hold_signalled_scheduler "$BATS_TEST_TMPDIR/closed"
   [ "${lines[1]}" = "dask-pbs: the scheduler has been shut down (by a client): ending the job" ]
   [ "${lines[2]}" = "status 0" ]
   # Signalled, gone without closing, and no signal for this script: the job's end, not a death.
-  rm -f closed s.pid s.pid.log
-  stub "$BATS_TEST_TMPDIR/s.pid" signalled "$BATS_TEST_TMPDIR/not-the-closed-file"
-  await_pid_files s.pid
-  run lib "$TASKS"'add_task node00 s.pid; DPK_P_WALLTIME_LEFT=-1 DPK_P_SCHED_CHUNK=0 LOG_DIR=.
-    (sleep 0.5; kill -TERM "$(cat s.pid)") & dpk::hold; echo "status $?"'
+  hold_signalled_scheduler "$BATS_TEST_TMPDIR/not-the-closed-file"
   [ "${lines[1]}" = "dask-pbs: the scheduler was stopped by a signal (its log says so: qdel, the walltime or a kill) and did not close: ending the job" ]
   [ "${lines[2]}" = "status 0" ]
   [[ $output != *"died"* ]]
