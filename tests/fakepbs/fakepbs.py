@@ -854,11 +854,16 @@ def spawn_task(jdir: Path, job: dict, line: int, program: list[str]) -> tuple[su
 
 
 def end_task(jdir: Path, proc: subprocess.Popen) -> int:
-    """Reap a task; its session dies with its top process, as MoM does it."""
-    status = proc.wait()
+    """Reap a task (Tasks.wait has taken its status); its session dies with its top
+    process, as MoM does it."""
+    status = proc.returncode
     signal_group(proc.pid, signal.SIGKILL)
     (jdir / "tasks" / f"{proc.pid}.json").unlink(missing_ok=True)
     return status if status >= 0 else 256 - status
+
+
+class Signalled(Exception):
+    """Raised by pbsdsh's signal handler to cut a blocking wait short."""
 
 
 class Tasks:
@@ -868,38 +873,51 @@ class Tasks:
         self.jdir, self.verbose = jdir, verbose
         self.running: dict[int, tuple[subprocess.Popen, int]] = {}
         self.fire = 0  # bailout(): the signal that arrived
+        self.blocked = False  # in waitpid: bailout() raises Signalled to end it
         self.event = 1  # tm_init took event 1
 
     def new_event(self) -> int:
         self.event += 1
         return self.event
 
+    def bailout(self, signum: int, _frame) -> None:
+        self.fire = signum
+        if self.blocked:
+            raise Signalled
+
     def wait(self, only: int | None = None) -> None:
         """Report obits as tasks end; on SIGHUP/INT/TERM, tm_kill every task still
-        running with it, print "pbsdsh: killing task ..." for each and exit 1 at once."""
+        running with it, print "pbsdsh: killing task ..." for each and exit 1 at once.
+        Blocks in waitpid as pbsdsh blocks in tm_poll: no polling for the job's life
+        (one pbsdsh per chunk stays for the job's life)."""
         while any(only is None or index == only for index in self.running):
+            try:
+                self.blocked = True
+                if not self.fire:  # a signal before `blocked` was set is seen here
+                    pid, status = os.waitpid(-1 if only is None else self.running[only][0].pid, 0)
+            except Signalled:
+                pass
+            finally:
+                self.blocked = False
             if self.fire:
                 for _, (proc, tid) in sorted(self.running.items()):
                     print(f"pbsdsh: killing task 0x{tid:08X} signal {self.fire}", flush=True)
                     signal_group(proc.pid, self.fire)
                 os._exit(1)
             for index, (proc, _) in sorted(self.running.items()):
-                if (only is None or index == only) and proc.poll() is not None:
+                if proc.pid == pid:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
                     del self.running[index]
                     status = end_task(self.jdir, proc)
                     if status != 0 or self.verbose:
                         print(f"pbsdsh: task 0x{index:08X} exit status {status}", flush=True)
-            time.sleep(0.02)
+                    break
 
 
 def run_tasks(jdir: Path, job: dict, targets: list[int], program: list[str], opts: dict) -> int:
     tasks = Tasks(jdir, opts["v"])
-
-    def bailout(signum, _frame):
-        tasks.fire = signum
-
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, bailout)
+        signal.signal(sig, tasks.bailout)
     if opts["o"] and os.fork() != 0:
         os._exit(0)  # pbsdsh -o returns at once; the tasks stay under "MoM" (this child)
     for index, line in enumerate(targets):
