@@ -7,6 +7,7 @@
             (per-host variables stay each task's own)
   memory    the per-process --memory-limit for a PBS chunk size
   tls       make a job's TLS credentials (CA, cluster and client certificates)
+  job-setup plan, env-file and tls at once, in one Python start (the job script's call)
   wait-ready       wait until the scheduler and every launched worker have registered
   banner           the lines that say where the cluster is and how to reach it
   jupyter-prepare  JUPYTER=yes: the job's private JupyterLab folder and token
@@ -76,6 +77,16 @@ once both certificates are signed. They are valid for the walltime plus a day, o
 year without --walltime (the job starts this before it knows its walltime, and deletes
 the keys when it ends). Uses openssl, else the cryptography package."""
 
+JOB_SETUP_USAGE = """usage: kit.py job-setup --env-file PATH --plan-file PATH [--tls FOLDER [--name LABEL]]
+                        [-- PLAN OPTIONS...]
+
+What the job script needs before it starts a task, in one Python start: the launch plan
+(as `plan` with PLAN OPTIONS, written to --plan-file), the task environment (as
+`env-file`; the job script's shell is this helper's parent: run it from the script) and,
+with --tls, the job's certificates (as `tls`). They run at once: qstat and openssl are
+processes of their own. Each one's error goes to stderr; the status is the first
+failure's, 0 if none."""
+
 
 def _count(text: str, what: str, minimum: int) -> int:
     if not text.isdigit() or int(text) < minimum:
@@ -138,6 +149,59 @@ def tls(argv: list) -> None:
     tls_files.create(operands[0], opts.get("--name", "job"), days, opts.get("--backend", "auto"))
 
 
+def env_file(argv: list) -> None:
+    from . import envfile
+
+    opts, operands = args.parse(argv, {"--initial-from": "value"}, ENV_USAGE)
+    if len(operands) != 1:
+        raise KitError(ENV_USAGE, USAGE)
+    pid = opts.get("--initial-from")
+    envfile.write_env_file(operands[0], os.environ,
+                           None if pid is None else _count(pid, "--initial-from PID", 1))
+
+
+def job_setup(argv: list) -> int:
+    """kit.py job-setup: the certificates in a thread (openssl runs as processes), the plan
+    (qstat, a process) and the environment file here; every failure told, in that order
+    (plan, env-file, tls), and the first one's status returned."""
+    import threading
+    from collections.abc import Callable
+
+    opts, plan_argv = args.parse(argv, {"--env-file": "value", "--plan-file": "value",
+                                        "--tls": "value", "--name": "value"}, JOB_SETUP_USAGE)
+    absent = [name for name in ("--env-file", "--plan-file") if name not in opts]
+    if absent:
+        raise KitError(f"missing {', '.join(absent)}\n{JOB_SETUP_USAGE}", USAGE)
+    failures: dict = {}
+
+    def attempt(part: str, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except KitError as exc:
+            failures[part] = exc
+        except Exception as exc:  # noqa: BLE001 - in a thread: never lost, never a silent pass
+            failures[part] = KitError(f"{part} failed: {exc!r}")
+
+    def write_plan() -> None:
+        lines = plan(plan_argv).lines()
+        with open(opts["--plan-file"], "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+    making = None
+    if "--tls" in opts:
+        tls_argv = [opts["--tls"], "--name", opts.get("--name", "job")]
+        making = threading.Thread(target=attempt, args=("tls", lambda: tls(tls_argv)))
+        making.start()
+    attempt("plan", write_plan)
+    attempt("env-file", lambda: env_file([opts["--env-file"]]))
+    if making is not None:
+        making.join()
+    told = [failures[part] for part in ("plan", "env-file", "tls") if part in failures]
+    for failure in told:
+        print(f"dask-pbs: {failure}", file=sys.stderr)
+    return told[0].code if told else 0
+
+
 # Commands whose code lives in a module of their own: the module loads only when its
 # command runs. "module" calls module.cli(argv), "module:name" module.name(argv); each
 # prints its output and raises KitError.
@@ -166,16 +230,11 @@ def main(argv=None) -> int:
         elif command == "memory":
             print(memory(rest))
         elif command == "env-file":
-            from . import envfile
-
-            opts, operands = args.parse(rest, {"--initial-from": "value"}, ENV_USAGE)
-            if len(operands) != 1:
-                raise KitError(ENV_USAGE, USAGE)
-            pid = opts.get("--initial-from")
-            envfile.write_env_file(operands[0], os.environ,
-                                   None if pid is None else _count(pid, "--initial-from PID", 1))
+            env_file(rest)
         elif command == "tls":
             tls(rest)
+        elif command == "job-setup":
+            return job_setup(rest)
         elif command in MODULE_COMMANDS:
             import importlib
 

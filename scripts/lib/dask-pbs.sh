@@ -199,7 +199,7 @@ dpk::prepare() {
   DPK_F_CLOSED=$LOG_DIR/scheduler.closed
   DPK_F_DIED=$LOG_DIR/scheduler.died
   DPK_F_INFO=$LOG_DIR/cluster-info.txt
-  DPK_F_ERR=$LOG_DIR/helper  # + .plan.err, .tls.err ...: what a helper said, until relayed
+  DPK_F_ERR=$LOG_DIR/helper  # + .setup.err, .ready.err ...: what a helper said, until relayed
   DPK_F_TLS_CONFIG=${SCHEDULER_FILE%.json}.tls.json
   DPK_F_JUPYTER=${SCHEDULER_FILE%.json}.jupyter.json  # how to reach JupyterLab (JUPYTER=yes)
   # The FIFO of dpk::nap: on this node's own disk (PBS's TMPDIR), not on shared storage.
@@ -219,16 +219,16 @@ dpk::prepare() {
 # ------------------------------------------------------------------ 3 read the job
 
 # Make the job's certificates (TLS=yes), compute the launch plan (what PBS booked: see
-# kit.py plan) and write the task environment, the three at once: together they take as
-# long as the slowest. Then give this script's own later clients (PROGRAM) the client
-# certificate, after env.sh is written: the tasks must not get it.
+# kit.py plan) and write the task environment: one helper (kit.py job-setup) does the
+# three at once, in one Python start. Then give this script's own later clients (PROGRAM)
+# the client certificate, after env.sh is written: the tasks must not get it.
 # Reads: knobs, DPK_F_*, DPK_J_* (workers mode). Sets: DPK_TLS_DIR (this job's own
 # certificates; empty: none), DPK_TASK_TLS (the certificates the tasks use; empty: plain
-# tcp), DPK_HELPER_PIDS (while they run), and the plan (dpk::parse_plan).
+# tcp), and the plan (dpk::parse_plan).
 dpk::read_job() {
-  local failed=0 pid
-  local -a plan_mode=()
-  DPK_TLS_DIR="" DPK_HELPER_PIDS=() DPK_TASK_TLS=""
+  local failed=0
+  local -a plan_mode=() tls=()
+  DPK_TLS_DIR="" DPK_TASK_TLS=""
   if [[ $DPK_MODE == workers ]]; then
     # The cluster's own certificates (never this job's to delete), its TLS or not; the
     # nannies' preload (dask_pbs_kit.grow) from the kit's helpers.
@@ -237,26 +237,16 @@ dpk::read_job() {
   elif [[ $TLS == yes ]]; then
     DPK_TLS_DIR=$LOG_DIR/tls
     DPK_TASK_TLS=$DPK_TLS_DIR
-    "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" tls "$DPK_TLS_DIR" --name "$PBS_JOBID" \
-      2>"$DPK_F_ERR.tls.err" &
-    DPK_HELPER_PIDS+=("$!")
+    tls=(--tls "$DPK_TLS_DIR" --name "$PBS_JOBID")
   fi
-  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" plan --nworkers "$NWORKERS" --nthreads "$NTHREADS" \
-    --reserve "$MEMORY_RESERVE" --worker-on-scheduler-chunk "$WORKER_ON_SCHEDULER_CHUNK" \
-    --walltime "$WALLTIME" --started "$((DPK_STARTED_US / 1000000))" "${plan_mode[@]}" >"$DPK_F_PLAN" \
-    2>"$DPK_F_ERR.plan.err" &
-  DPK_HELPER_PIDS+=("$!")
   # Run by this script itself: the helper reads this script's initial environment from
   # its parent's /proc entry, to tell what the template changed from what PBS gave.
-  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" env-file "$DPK_F_ENV" 2>"$DPK_F_ERR.env.err" || failed=1
-  for pid in "${DPK_HELPER_PIDS[@]}"; do
-    wait "$pid" || failed=1
-  done
-  DPK_HELPER_PIDS=()
-  dpk::relay "$DPK_F_ERR.env.err"
-  dpk::relay "$DPK_F_ERR.plan.err"
-  dpk::relay "$DPK_F_ERR.tls.err"
-  # Each helper has said what is wrong.
+  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" job-setup --env-file "$DPK_F_ENV" --plan-file "$DPK_F_PLAN" \
+    "${tls[@]}" -- --nworkers "$NWORKERS" --nthreads "$NTHREADS" --reserve "$MEMORY_RESERVE" \
+    --worker-on-scheduler-chunk "$WORKER_ON_SCHEDULER_CHUNK" --walltime "$WALLTIME" \
+    --started "$((DPK_STARTED_US / 1000000))" "${plan_mode[@]}" 2>"$DPK_F_ERR.setup.err" || failed=1
+  dpk::relay "$DPK_F_ERR.setup.err"
+  # The helper has said what is wrong.
   [[ $failed -eq 0 ]] || dpk::die "the job could not be prepared (see the message above; logs in $LOG_DIR/)"
   dpk::parse_plan <"$DPK_F_PLAN"
   dpk::log "read the job's chunks from $DPK_P_JOB_SOURCE"
@@ -695,14 +685,11 @@ dpk::stop_watcher() {
 # cluster's other workers.
 # Reads: everything the phases set. Sets nothing; exits with the status it was called with.
 dpk::teardown() {
-  local status=$? start now pid
+  local status=$? start now
   trap - EXIT TERM INT HUP
   set +e
   dpk::now_us start
   local half=$((start + STOP_TIMEOUT * 500000)) end=$((start + STOP_TIMEOUT * 1000000))
-  for pid in "${DPK_HELPER_PIDS[@]}"; do
-    wait "$pid" 2>/dev/null  # a signal came while the job was being prepared
-  done
   dpk::stop_program "$half"
   dpk::stop_jupyter "$half"
   dpk::stop_watcher
@@ -862,7 +849,7 @@ dpk::main() {
   [[ $DPK_MODE =~ ^(interactive|production|workers)$ ]] ||
     dpk::die "dpk::main needs interactive, production or workers, not '$DPK_MODE'"
   dpk::now_us DPK_STARTED_US
-  DPK_T_PID=() DPK_HELPER_PIDS=() DPK_JUPYTER_PID=""
+  DPK_T_PID=() DPK_JUPYTER_PID=""
   trap 'dpk::on_signal TERM' TERM
   trap 'dpk::on_signal INT' INT
   trap 'dpk::on_signal HUP' HUP

@@ -436,6 +436,62 @@ def test_plan_inside_a_fake_pbs_job_reads_qstat(fakepbs, tmp_path):
                                                ["2", "2", "node02", "2", "1", "1932735283", "2"]]
 
 
+
+# ------------------------------------------------------------------ kit.py job-setup
+
+def test_job_setup_does_plan_env_file_and_tls_in_one_call_inside_a_fake_pbs_job(fakepbs, tmp_path):
+    """What the job script runs: the same plan as `kit.py plan`, the task environment with
+    the script's own variable, and the job's certificates."""
+    (tmp_path / "setup.pbs").write_text(
+        "#PBS -l select=3:ncpus=2:mem=4gb\n#PBS -l walltime=00:05:00\n"
+        "export FROM_THE_SCRIPT=kept\n"
+        f"{sys.executable} {KIT}/helpers/kit.py job-setup --env-file {tmp_path}/env.sh "
+        f"--plan-file {tmp_path}/plan.tsv --tls {tmp_path}/tls --name $PBS_JOBID -- --nworkers 2 "
+        f"2> {tmp_path}/setup.err; echo $? > {tmp_path}/status\n"
+        f"{sys.executable} {KIT}/helpers/kit.py plan --nworkers 2 > {tmp_path}/plan.out\n")
+    done = subprocess.run(["qsub", "-W", "block=true", "setup.pbs"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "status").read_text() == "0\n"
+    assert (tmp_path / "setup.err").read_text() == ""
+    walltime_free = lambda text: [l for l in text.splitlines() if not l.startswith("walltime")]  # noqa: E731
+    assert walltime_free((tmp_path / "plan.tsv").read_text()) == walltime_free((tmp_path / "plan.out").read_text())
+    assert "FROM_THE_SCRIPT=kept" in (tmp_path / "env.sh").read_text()
+    made = {p.name for p in (tmp_path / "tls").iterdir()}
+    assert {"ca.pem", "cluster.pem", "cluster.key", "client.pem", "client.key", "client-config.json"} <= made
+    assert "ca.key" not in made
+
+
+def test_job_setup_tells_every_failure_and_returns_the_first(fake_qstat, capsys):
+    """A bad NWORKERS and a TLS folder that cannot be made: both said, the plan's status."""
+    blocker = fake_qstat / "file"
+    blocker.write_text("")
+    code = kit_cli.main(["job-setup", "--env-file", str(fake_qstat / "env.sh"), "--plan-file",
+                         str(fake_qstat / "plan.tsv"), "--tls", str(blocker / "tls"), "--", "--nworkers", "0"])
+    err = capsys.readouterr().err
+    assert code == BAD_VALUE
+    assert "NWORKERS must be an integer >= 1" in err and "cannot create the TLS folder" in err
+    assert not (fake_qstat / "plan.tsv").exists()
+    assert (fake_qstat / "env.sh").exists()  # what could be done was done
+
+
+def test_job_setup_never_loses_an_unexpected_error_in_its_tls_thread(fake_qstat, capsys, monkeypatch):
+    from dask_pbs_kit import tls_files
+
+    def broken(*_args):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(tls_files, "create", broken)
+    code = kit_cli.main(["job-setup", "--env-file", str(fake_qstat / "env.sh"), "--plan-file",
+                         str(fake_qstat / "plan.tsv"), "--tls", str(fake_qstat / "tls")])
+    assert code == 1
+    assert "dask-pbs: tls failed: RuntimeError('disk on fire')" in capsys.readouterr().err
+    assert (fake_qstat / "plan.tsv").read_text().startswith("job\t")
+
+
+def test_job_setup_needs_both_files(capsys):
+    assert kit_cli.main(["job-setup", "--plan-file", "p"]) == USAGE
+    assert "missing --env-file" in capsys.readouterr().err
+
 GPU_JSON = r'''{"Jobs":{"43.pbs01":{
     "exec_host":"n0/0*2+g1/0*8+g2/0*8",
     "exec_vnode":"(n0:ncpus=2:mem=4194304kb)+(g1[0]:ncpus=4:ngpus=2:mem=16777216kb+g1[1]:ncpus=4:ngpus=2:mem=16777216kb)+(g2:ncpus=8:ngpus=4:mem=33554432kb)",
