@@ -15,19 +15,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import pwd
-import random
-import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+# pwd, random, shlex and qstat_output load in the functions that use them: pbsdsh, run once
+# per chunk of a job, starts without them.
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import launch_hook  # noqa: E402
-import qstat_output  # noqa: E402
 from resources import (  # noqa: E402
     INT_RESOURCES, SIZE_RESOURCES, chunks_of, exec_host, exec_vnode, format_hms, host_memory,
     host_of_chunks, nodefile_lines, parse_size, parse_walltime, resource_list, schedselect,
@@ -241,6 +239,7 @@ def parse_qsub_args(argv: list[str], opts: dict, allow_script: bool) -> str | No
 
 def directives(script_text: str) -> list[str]:
     """#PBS arguments from the top of the script, up to the first executable line."""
+    import shlex
     args: list[str] = []
     for line in script_text.splitlines():
         stripped = line.strip()
@@ -254,6 +253,7 @@ def directives(script_text: str) -> list[str]:
 
 
 def qsub(argv: list[str]) -> int:
+    import pwd
     cli = {"resources": {}, "vars": {}, "W": {}}
     script = parse_qsub_args(argv, cli, allow_script=True)
     if script is None:
@@ -354,6 +354,7 @@ def qsub(argv: list[str]) -> int:
 
 def job_cookie() -> str:
     """src/resmom/start_exec.c: 32 upper-case hex digits, four "%.8lX" of random()."""
+    import random
     return "".join(f"{random.getrandbits(31):08X}" for _ in range(4))
 
 
@@ -510,6 +511,7 @@ def shell_command(job: dict, jdir: Path) -> tuple[list[str], int | None]:
     reading the spooled script's path from a pipe; the shell runs it as a child, so its
     shebang counts. --noprofile keeps this machine's profile files out; FAKEPBS_PROFILE
     plays the site's /etc/profile, and PBS's bin is added as profile.d/pbs.sh does."""
+    import shlex
     script = str(jdir / "script.SC")
     if job["modes"]["start"] != "login":
         return [*on_node(job, 0), "/bin/bash", script], None
@@ -958,6 +960,7 @@ def job_attributes(job: dict) -> list[tuple[str, str | None, str]]:
     when the job's owner is a PBS manager (FAKEPBS_MANAGER=1). A job never runs as one at
     a site (root's jobs are refused by default, acl_roots), so the default hides it, even
     when these tests run as root."""
+    import qstat_output
     host = os.uname().nodename
     hosts = job["nodes"]
     running = "stime" in job
@@ -1003,6 +1006,7 @@ def job_attributes(job: dict) -> list[tuple[str, str | None, str]]:
 def qstat_options(argv: list[str], mode: str) -> tuple[dict, list[str]]:
     """getopt over qstat's options; what this fake answers: -f -x -w -F json|dsv (-F from
     PBS Pro 18; with FAKEPBS_QSTAT_JSON=none, PBS Pro 14's option set)."""
+    import qstat_output
     usage = qstat_output.USAGE_14 if mode == "none" else qstat_output.USAGE_18
     takes_value = set("uWD") | (set() if mode == "none" else {"F"})
     known = set("ainpqrstwxfGHJMQBT1") | takes_value | (set() if mode == "none" else {"E"})
@@ -1029,6 +1033,7 @@ def qstat_options(argv: list[str], mode: str) -> tuple[dict, list[str]]:
 
 
 def qstat(argv: list[str]) -> int:
+    import qstat_output
     mode = "valid"
     ids_hint = [a for a in argv if not a.startswith("-")]
     if ids_hint:  # a job's mode is its own, taken at qsub time
