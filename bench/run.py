@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Benchmarks: helper start-up, time to a ready cluster and teardown (kit vs floor vs
-dask-jobqueue), the start's phases, teardown after qdel, the cost per worker (bench/scale.py),
+dask-jobqueue), the start's phases, its CPU by kind of process, teardown after qdel, the cost per worker (bench/scale.py),
 and the wordcount's scale-out against one process.
 
     .venv/bin/python bench/run.py [--sizes 2 4 8 16 32] [--nworkers 1 4] [--runs 3]
-                                  [--skip helpers ready peer qdel scale wordcount] [--corpus-mb 512]
-                                  [--scale-procs 8 16 32 64 128]
+                                  [--skip helpers ready peer cpu qdel scale wordcount] [--corpus-mb 512]
+                                  [--cpu-sizes 2 32] [--scale-procs 8 16 32 64 128]
 
 Prints tables: medians and spread (min-max) of several runs, with the machine and
 versions. Not a test: figures only. The kit's figures come from its own job output
@@ -136,18 +136,23 @@ def roll_count(path: Path) -> int:
         return 0
 
 
-def floor_run(nodes: int, nworkers: int) -> tuple:
+def floor_run(nodes: int, nworkers: int, sampler=None) -> tuple:
     """The same scheduler and workers, started directly as task.sh execs them on a node
     (helpers/dask_pbs_kit/dask_start.py: the same TLS, threads, memory limit, forkserver,
     dashboards, the kit's plugin), with no PBS, pbsdsh, job script or helper run; to every
     worker on the scheduler's roll (what the kit's job waits for); then stopped directly,
-    workers first: (ready s, teardown s)."""
+    workers first: (ready s, teardown s). sampler (cpu_split.Sampler): its processes
+    sampled to ready, in a cgroup of their own (sampler.cgroup_cpu: its CPU s at ready)."""
     tmp = Path(tempfile.mkdtemp())
+    cgroup = cpu_cgroup() if sampler is not None else None
     subprocess.run([PY, str(KIT / "helpers/kit.py"), "tls", str(tmp / "tls")], check=True)
     env = dict(os.environ, **tls_env(tmp / "tls"), DASK_PBS_KIT_ROLL=str(tmp / "workers.txt"),
                DASK_PBS_KIT_CLOSED=str(tmp / "scheduler.closed"), TMPDIR=str(tmp))
     sched = tmp / "scheduler.json"
-    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp)
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp,
+                 preexec_fn=enter_cgroup(cgroup))
+    if sampler is not None:
+        sampler.start(tmp)
     start = time.perf_counter()
     scheduler = subprocess.Popen(task_command(
         {"role": "scheduler", "node": "node00", "log": tmp / "scheduler-0.log"},
@@ -166,6 +171,9 @@ def floor_run(nodes: int, nworkers: int) -> tuple:
                 sys.exit(f"bench: the floor's workers did not all register in 600 s (logs in {tmp})")
             time.sleep(0.005)
         ready = time.perf_counter() - start
+        if sampler is not None:
+            sampler.stop()
+            sampler.cgroup_cpu = cgroup_cpu(cgroup)
         (tmp / "cluster-info.txt").write_text("ready\n")  # as the job's: the workers' dashboards follow
         start = time.perf_counter()
         stop_all(workers)
@@ -173,6 +181,7 @@ def floor_run(nodes: int, nworkers: int) -> tuple:
         teardown = time.perf_counter() - start
     finally:
         stop_all(workers + [scheduler])
+        drop_cgroup(cgroup)
         shutil.rmtree(tmp, ignore_errors=True)
     return ready, teardown
 
@@ -200,6 +209,14 @@ def enter_cgroup(folder):
     return enter
 
 
+def cgroup_cpu(folder):
+    """The CPU seconds a cgroup's processes have used, or None without one."""
+    try:
+        return int((folder / "cpuacct.usage").read_text()) / 1e9 if folder is not None else None
+    except (OSError, ValueError):
+        return None
+
+
 def drop_cgroup(folder) -> None:
     """Remove the job's cgroup: a process still in it (left by the job) is killed first."""
     if folder is None:
@@ -217,10 +234,11 @@ def drop_cgroup(folder) -> None:
             time.sleep(0.1)
 
 
-def kit_run(nodes: int, nworkers: int, extra_vars: str = "") -> tuple:
+def kit_run(nodes: int, nworkers: int, extra_vars: str = "", sampler=None) -> tuple:
     """One production job on the fake PBS with the kit's defaults (TLS), whose PROGRAM only
     notes when it ends: (ready s, teardown s, program end to qsub -W block=true
-    returning s, processes left after the job, its start's phases: phases.job_phases)."""
+    returning s, processes left after the job, its start's phases: phases.job_phases).
+    sampler (cpu_split.Sampler): the job's processes sampled to ready (the PROGRAM's start)."""
     import phases
 
     tmp = Path(tempfile.mkdtemp())
@@ -228,6 +246,8 @@ def kit_run(nodes: int, nworkers: int, extra_vars: str = "") -> tuple:
     env = dict(os.environ, PATH=FAKE_PATH, FAKEPBS_HOME=str(home))
     mem = max(1, nworkers)  # GiB per chunk: 0.9 GiB per worker process
     cgroup = cpu_cgroup()
+    if sampler is not None:
+        sampler.start(tmp, until=tmp / "end.json")
     try:
         subprocess.run(["qsub", "-W", "block=true", "-N", "bench", "-l", f"select={nodes}:ncpus={nworkers}:mem={mem}gb",
                         "-v", f"DASK_PBS_KIT={KIT},PYTHON_PREFIX={Path(PY).parent.parent},"
@@ -239,6 +259,8 @@ def kit_run(nodes: int, nworkers: int, extra_vars: str = "") -> tuple:
         job_end = time.time()
         left = len(job_processes(home))
     finally:
+        if sampler is not None:
+            sampler.stop()
         drop_cgroup(cgroup)
     out = next(tmp.glob("bench.o*")).read_text()
     try:
@@ -362,6 +384,22 @@ def breakdown_table(rows: list, runs: int) -> None:
               f"{cell(row['chunk cpu'], 9)} {cell(row['scheduler cpu'], 9)} {cell(row['job cpu'], 8)}", flush=True)
 
 
+def cpu_table(sizes: list, nworkers_list: list) -> None:
+    """CPU seconds to ready by kind of process, kit against floor, one run of each size
+    (bench/cpu_split.py)."""
+    import cpu_split
+
+    print("\nCPU s to ready by kind of process, one kit job and one floor run of each size (bench/cpu_split.py:"
+          " /proc sampled every 10 ms)")
+    for nworkers in nworkers_list:
+        for nodes in sizes:
+            kit_sampler, floor_sampler = cpu_split.Sampler(), cpu_split.Sampler()
+            kit_ready, _, _, _, start = kit_run(nodes, nworkers, sampler=kit_sampler)
+            floor_ready, _ = floor_run(nodes, nworkers, sampler=floor_sampler)
+            cpu_split.table(nodes, nworkers, kit_sampler.totals(), floor_sampler.totals(), start.get("job cpu"),
+                            floor_sampler.cgroup_cpu, kit_ready, floor_ready)
+
+
 def qdel_run(nodes: int, nworkers: int, start: str) -> tuple:
     """One interactive job (the path template, the kit's defaults), held until qdel once its
     cluster is ready and its dashboards have loaded: (qdel to qsub -W block=true returning s,
@@ -476,8 +514,10 @@ def main() -> int:
     parser.add_argument("--nworkers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["helpers", "ready", "peer", "qdel", "scale", "wordcount"])
+                        choices=["helpers", "ready", "peer", "cpu", "qdel", "scale", "wordcount"])
     parser.add_argument("--corpus-mb", type=int, default=512)
+    parser.add_argument("--cpu-sizes", type=int, nargs="+", default=[2, 32],
+                        help="chunks of the CPU-by-kind rows (each size with every --nworkers)")
     parser.add_argument("--scale-procs", type=int, nargs="+", default=[8, 16, 32, 64, 128],
                         help="worker processes of bench/scale.py's rows")
     opts = parser.parse_args()
@@ -504,6 +544,8 @@ def main() -> int:
     if "ready" not in opts.skip:
         rows = ready_table(opts.sizes, opts.nworkers, opts.runs, "peer" not in opts.skip)
         breakdown_table(rows, opts.runs)
+    if "cpu" not in opts.skip:
+        cpu_table(opts.cpu_sizes, opts.nworkers)
     if "qdel" not in opts.skip:
         qdel_table(opts.sizes, opts.nworkers, opts.runs)
     if "scale" not in opts.skip:
