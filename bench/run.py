@@ -186,6 +186,63 @@ def floor_run(nodes: int, nworkers: int, sampler=None) -> tuple:
     return ready, teardown
 
 
+def floor_pbs_run(nodes: int, nworkers: int) -> float:
+    """The floor's Dask processes started through the fake PBS as the least a pbsdsh
+    launcher does: a job whose script asks qstat once, then runs one pbsdsh per chunk
+    whose task is the floor's own command (its environment given on the command line by
+    env: a task gets PBS's stripped one). No helper, no env file, no check, no task.sh.
+    Ready: the job script's first line to every worker on the scheduler's roll (s)."""
+    import shlex
+
+    tmp = Path(tempfile.mkdtemp())
+    home = tmp / "pbs"
+    subprocess.run([PY, str(KIT / "helpers/kit.py"), "tls", str(tmp / "tls")], check=True)
+    common = dict(tls_env(tmp / "tls"), DASK_PBS_KIT_ROLL=str(tmp / "workers.txt"),
+                  DASK_PBS_KIT_CLOSED=str(tmp / "scheduler.closed"), TMPDIR=str(tmp), PATH=os.environ["PATH"])
+    sched = tmp / "scheduler.json"
+
+    def task(line: int, env: dict, command: list) -> str:
+        words = ["/usr/bin/env", *[f"{k}={v}" for k, v in env.items()], *map(str, command)]
+        return f"pbsdsh -n {line} -- {shlex.join(words)} >/dev/null 2>&1 &"
+
+    lines = ["start=$EPOCHREALTIME", 'qstat -f -F json "$PBS_JOBID" >/dev/null', task(0, common, task_command(
+        {"role": "scheduler", "node": "node00", "log": tmp / "scheduler-0.log"},
+        ["--scheduler-file", sched, "--port", "0", "--interface", "lo", "--protocol", "tls",
+         "--preload", PRELOAD, "--dashboard-address", ":0"]))]
+    lines += [task(i, dict(common, **worker_env()), task_command(
+        {"role": "worker", "node": f"node{i:02d}", "log": tmp / f"worker-{i}.log", "memory": WORKER_MEMORY,
+         "host_procs": nworkers},
+        ["--scheduler-file", sched, "--name", f"chunk-{i}", "--nworkers", nworkers, "--nthreads", "1",
+         "--interface", "lo", "--protocol", "tls", "--local-directory", tmp])) for i in range(1, nodes)]
+    lines += [f'echo "$start" > {shlex.quote(str(tmp / "start"))}', "wait"]
+    (tmp / "floor.pbs").write_text("\n".join(lines) + "\n")
+    env = dict(os.environ, PATH=FAKE_PATH, FAKEPBS_HOME=str(home), FAKEPBS_KILL_DELAY="5")
+    qsub = subprocess.Popen(["qsub", "-W", "block=true", "-N", "floor", "-l",
+                             f"select={nodes}:ncpus={nworkers}:mem={max(1, nworkers)}gb", "floor.pbs"],
+                            cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        jobid = qsub.stdout.readline().strip()
+        deadline = time.monotonic() + 600
+        while roll_count(tmp / "workers.txt") < (nodes - 1) * nworkers:
+            if time.monotonic() > deadline or qsub.poll() is not None:
+                sys.exit(f"bench: the floor+PBS job's workers did not all register (logs in {tmp})")
+            time.sleep(0.005)
+        ready_at = time.time()
+        while not (tmp / "start").exists():  # written once every pbsdsh has started
+            time.sleep(0.005)
+        ready = ready_at - float((tmp / "start").read_text().replace(",", "."))
+        subprocess.run(["qdel", jobid], env=env, check=False)
+        qsub.wait(timeout=60)
+    finally:
+        if qsub.poll() is None:
+            qsub.kill()
+            qsub.wait()
+        for pid in job_processes(home):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ready
+
+
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 
 
@@ -329,15 +386,18 @@ def ready_table(sizes: list, nworkers_list: list, runs: int, peer: bool) -> list
           " INTERFACE=auto), WORKER_ON_SCHEDULER_CHUNK=no")
     print("  floor: the same Dask processes as task.sh execs them (same TLS, forkserver, dashboards), started"
           " directly")
+    print("  floor+PBS: the floor's processes through the fake PBS as the least a pbsdsh launcher does (a job: qstat"
+          " once, one pbsdsh per chunk running the floor's command; no kit)")
     print("  peer: dask_jobqueue.PBSCluster, one worker job per chunk, same fake PBS (tcp)")
     print("  teardown kit: the job's own figure, program end to the job script's end;"
           " job end: to qsub -W block=true returning")
-    print(f"{'nodes':>5} {'procs':>5} {'kit':>22} {'floor':>22} {'kit/floor':>9} {'peer':>22} {'kit/peer':>8} "
-          f"{'teardown kit':>22} {'job end':>22} {'teardown floor':>22} {'left':>4}")
+    print(f"{'nodes':>5} {'procs':>5} {'kit':>22} {'floor':>22} {'kit/floor':>9} {'floor+PBS':>22} {'kit/f+PBS':>9} "
+          f"{'peer':>22} {'kit/peer':>8} {'teardown kit':>22} {'job end':>22} {'teardown floor':>22} {'left':>4}")
     rows = []
     for nworkers in nworkers_list:
         for nodes in sizes:
             kit, down, ends, floor, floor_down, peers, left, starts = [], [], [], [], [], [], 0, []
+            floor_pbs = []
             for _ in range(runs):
                 ready, teardown, until_end, stray, start = kit_run(nodes, nworkers)
                 kit.append(ready)
@@ -348,14 +408,16 @@ def ready_table(sizes: list, nworkers_list: list, runs: int, peer: bool) -> list
                 f_ready, f_down = floor_run(nodes, nworkers)
                 floor.append(f_ready)
                 floor_down.append(f_down)
+                floor_pbs.append(floor_pbs_run(nodes, nworkers))
                 if peer and not any(isinstance(p, str) for p in peers):
                     peers.append(peer_run(nodes, nworkers))
             ratio = statistics.median(kit) / statistics.median(floor)
             failed = [p for p in peers if isinstance(p, str)]
             peer_text = failed[0] if failed else summary(peers) if peers else "-"
             versus = f"{statistics.median(kit) / statistics.median(peers):.2f}" if peers and not failed else "-"
+            own = statistics.median(kit) / statistics.median(floor_pbs)
             print(f"{nodes:>5} {nworkers:>5} {summary(kit):>22} {summary(floor):>22} {ratio:>9.2f} "
-                  f"{peer_text:>22} {versus:>8} {summary(down):>22} {summary(ends):>22} {summary(floor_down):>22} "
+                  f"{summary(floor_pbs):>22} {own:>9.2f} {peer_text:>22} {versus:>8} {summary(down):>22} {summary(ends):>22} {summary(floor_down):>22} "
                   f"{left:>4}", flush=True)
             rows.append((nodes, nworkers, statistics.median(kit), phases.breakdown_row(starts)))
     return rows
