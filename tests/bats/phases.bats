@@ -207,6 +207,20 @@ hold_signalled_scheduler() {
     (sleep 0.5; kill -TERM "$(cat s.pid)") & dpk::hold; echo "status $?"'
 }
 
+@test "on_signal: a trap slower than the nap had left still runs to its end" {
+  # bash leaves read -t's timer armed while a trap runs inside it; a $(...) in the trap that
+  # ends after the read's deadline used to drop the trap (status 142 from the read, the
+  # script going on as if no signal had come). Here the trap's message takes 0.5 s (a slow
+  # fork on a busy node) and the SIGTERM comes 0.7 s into a 1 s nap.
+  mkfifo nap
+  run lib 'DPK_MODE=interactive DPK_F_NAP=$PWD/nap
+    dpk::log() { local slow; slow=$(sleep 0.5; printf x); printf "dask-pbs: %s\n" "$*"; }
+    trap "dpk::on_signal TERM" TERM
+    (sleep 0.7; kill -TERM $$) & dpk::nap 1; dpk::nap 1; echo "trap lost"'
+  [ "$status" -eq 0 ]
+  [ "$output" = "dask-pbs: received SIGTERM: shutting the cluster down" ]
+}
+
 @test "hold: a qdel that reaches the scheduler first is still a qdel: no 'shut down by a client', no 'died'" {
   # qdel signals every process of the job at once; on a busy node the scheduler may close
   # (its log says it got the signal) before the job script's trap has run: here the hold
