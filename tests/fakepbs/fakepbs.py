@@ -855,12 +855,11 @@ def spawn_task(jdir: Path, job: dict, line: int, program: list[str]) -> tuple[su
     return proc, tid
 
 
-def end_task(jdir: Path, proc: subprocess.Popen) -> int:
-    """Reap a task (Tasks.wait has taken its status); its session dies with its top
-    process, as MoM does it."""
-    status = proc.returncode
-    signal_group(proc.pid, signal.SIGKILL)
-    (jdir / "tasks" / f"{proc.pid}.json").unlink(missing_ok=True)
+def end_task(jdir: Path, pid: int, status: int) -> int:
+    """A task's top process has ended with status (Popen's returncode: -N for signal N):
+    its session dies with it, as MoM does it. Returns the exit status pbsdsh tells."""
+    signal_group(pid, signal.SIGKILL)
+    (jdir / "tasks" / f"{pid}.json").unlink(missing_ok=True)
     return status if status >= 0 else 256 - status
 
 
@@ -896,7 +895,7 @@ class Tasks:
             try:
                 self.blocked = True
                 if not self.fire:  # a signal before `blocked` was set is seen here
-                    pid, status = os.waitpid(-1 if only is None else self.running[only][0].pid, 0)
+                    pid, wait_status = os.waitpid(-1 if only is None else self.running[only][0].pid, 0)
             except Signalled:
                 pass
             finally:
@@ -908,9 +907,9 @@ class Tasks:
                 os._exit(1)
             for index, (proc, _) in sorted(self.running.items()):
                 if proc.pid == pid:
-                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    proc.returncode = os.waitstatus_to_exitcode(wait_status)  # reaped here, not by Popen
                     del self.running[index]
-                    status = end_task(self.jdir, proc)
+                    status = end_task(self.jdir, pid, proc.returncode)
                     if status != 0 or self.verbose:
                         print(f"pbsdsh: task 0x{index:08X} exit status {status}", flush=True)
                     break
