@@ -186,6 +186,15 @@ def floor_run(nodes: int, nworkers: int, sampler=None) -> tuple:
     return ready, teardown
 
 
+def end_job(qsub: subprocess.Popen, home: Path) -> None:
+    """Whatever happened: no blocking qsub waiting, no process of the fake PBS's jobs left."""
+    if qsub.poll() is None:
+        qsub.kill()
+        qsub.wait()
+    for pid in job_processes(home):
+        os.kill(pid, signal.SIGKILL)
+
+
 def floor_pbs_run(nodes: int, nworkers: int) -> float:
     """The floor's Dask processes started through the fake PBS as the least a pbsdsh
     launcher does: a job whose script asks qstat once, then runs one pbsdsh per chunk
@@ -234,11 +243,7 @@ def floor_pbs_run(nodes: int, nworkers: int) -> float:
         subprocess.run(["qdel", jobid], env=env, check=False)
         qsub.wait(timeout=60)
     finally:
-        if qsub.poll() is None:
-            qsub.kill()
-            qsub.wait()
-        for pid in job_processes(home):
-            os.kill(pid, signal.SIGKILL)
+        end_job(qsub, home)
         shutil.rmtree(tmp, ignore_errors=True)
     return ready
 
@@ -492,11 +497,7 @@ def qdel_run(nodes: int, nworkers: int, start: str) -> tuple:
         until_end = time.perf_counter() - begin
         left = len(job_processes(home))
     finally:
-        if qsub.poll() is None:
-            qsub.kill()
-            qsub.wait()
-        for pid in job_processes(home):
-            os.kill(pid, signal.SIGKILL)
+        end_job(qsub, home)
     out = next(tmp.glob("qdel.o*")).read_text()
     shutil.rmtree(tmp, ignore_errors=True)
     stopped = re.search(r"cluster stopped in ([0-9.]+) s", out)
