@@ -419,12 +419,17 @@ def test_a_real_kit_py_plan_with_a_fake_qstat_first_on_path(fake_qstat):
     ]
 
 
-def test_plan_inside_a_fake_pbs_job_reads_qstat(fakepbs, tmp_path):
-    (tmp_path / "plan.pbs").write_text(
-        f"#PBS -l select=3:ncpus=2:mem=4gb\n#PBS -l walltime=00:05:00\n"
-        f"{sys.executable} {KIT}/helpers/kit.py plan --nworkers 2 > {tmp_path}/plan.out\n")
-    done = subprocess.run(["qsub", "-W", "block=true", "plan.pbs"], capture_output=True, text=True)
+def run_job(tmp_path, script: str) -> None:
+    """Run script as a job on the fake PBS (tmp_path/job.pbs) and wait until it has ended well."""
+    (tmp_path / "job.pbs").write_text(script)
+    done = subprocess.run(["qsub", "-W", "block=true", "job.pbs"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_plan_inside_a_fake_pbs_job_reads_qstat(fakepbs, tmp_path):
+    run_job(tmp_path, (
+        f"#PBS -l select=3:ncpus=2:mem=4gb\n#PBS -l walltime=00:05:00\n"
+        f"{sys.executable} {KIT}/helpers/kit.py plan --nworkers 2 > {tmp_path}/plan.out\n"))
     rows = {}
     for line in (tmp_path / "plan.out").read_text().splitlines():
         kind, *rest = line.split("\t")
@@ -442,15 +447,13 @@ def test_plan_inside_a_fake_pbs_job_reads_qstat(fakepbs, tmp_path):
 def test_job_setup_does_plan_env_file_and_tls_in_one_call_inside_a_fake_pbs_job(fakepbs, tmp_path):
     """What the job script runs: the same plan as `kit.py plan`, the task environment with
     the script's own variable, and the job's certificates."""
-    (tmp_path / "setup.pbs").write_text(
+    run_job(tmp_path, (
         "#PBS -l select=3:ncpus=2:mem=4gb\n#PBS -l walltime=00:05:00\n"
         "export FROM_THE_SCRIPT=kept\n"
         f"{sys.executable} {KIT}/helpers/kit.py job-setup --env-file {tmp_path}/env.sh "
         f"--plan-file {tmp_path}/plan.tsv --tls {tmp_path}/tls --name $PBS_JOBID -- --nworkers 2 "
         f"2> {tmp_path}/setup.err; echo $? > {tmp_path}/status\n"
-        f"{sys.executable} {KIT}/helpers/kit.py plan --nworkers 2 > {tmp_path}/plan.out\n")
-    done = subprocess.run(["qsub", "-W", "block=true", "setup.pbs"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+        f"{sys.executable} {KIT}/helpers/kit.py plan --nworkers 2 > {tmp_path}/plan.out\n"))
     assert (tmp_path / "status").read_text() == "0\n"
     assert (tmp_path / "setup.err").read_text() == ""
     walltime_free = lambda text: [l for l in text.splitlines() if not l.startswith("walltime")]  # noqa: E731
@@ -521,12 +524,10 @@ def test_the_usage_names_the_gpu_worker_line(capsys):
 
 
 def test_plan_of_a_gpu_job_inside_the_fake_pbs(fakepbs, tmp_path):
-    (tmp_path / "plan.pbs").write_text(
+    run_job(tmp_path, (
         f"#PBS -l select=2:ncpus=8:ngpus=4:mem=8gb\n#PBS -l walltime=00:05:00\n"
         f"{sys.executable} {KIT}/helpers/kit.py plan --worker-on-scheduler-chunk auto "
-        f"> {tmp_path}/plan.out 2> {tmp_path}/plan.err\n")
-    done = subprocess.run(["qsub", "-W", "block=true", "plan.pbs"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+        f"> {tmp_path}/plan.out 2> {tmp_path}/plan.err\n"))
     assert (tmp_path / "plan.err").read_text() == ""
     lines = [line.split("\t") for line in (tmp_path / "plan.out").read_text().splitlines()]
     assert lines[2] == ["scheduler", "0", "0", "node00", "5"]
