@@ -71,7 +71,7 @@ class Sampler:
 
     def __init__(self, interval: float = 0.01) -> None:
         self.interval = interval
-        self.last: dict = {}  # (pid, kind) -> CPU seconds at its last sample
+        self.last: dict = {}  # pid -> {kind: CPU seconds at its last sample as that kind}
         self.kinds: dict = {}  # pid -> its kind now
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,14 +113,16 @@ class Sampler:
             what = kind(comm, cmd, self.kinds.get(int(fields[1])))
             # An exec (task.sh's bash becoming the Dask process) starts a new kind; the
             # CPU seen so far stays with the earlier one.
-            before = sum(cpu for (p, k), cpu in self.last.items() if p == pid and k != what)
+            seen = self.last.setdefault(pid, {})
+            before = sum(cpu for k, cpu in seen.items() if k != what)
             self.kinds[pid] = what
-            self.last[(pid, what)] = (int(fields[11]) + int(fields[12])) / TICK - before
+            seen[what] = (int(fields[11]) + int(fields[12])) / TICK - before
 
     def totals(self) -> dict:
         out: dict = defaultdict(float)
-        for (_, what), cpu in self.last.items():
-            out[what] += cpu
+        for seen in self.last.values():
+            for what, cpu in seen.items():
+                out[what] += cpu
         return out
 
 
