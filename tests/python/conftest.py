@@ -30,6 +30,22 @@ def stop_session(proc: subprocess.Popen, timeout: float = 10) -> None:
         proc.wait()
 
 
+def sleeper(env: dict) -> subprocess.Popen:
+    """A `sleep 60` started with env, returned once /proc/PID/environ shows env: Popen
+    returns when exec has closed its error pipe, a moment before the kernel sets up the new
+    image's environment, and reading it in that moment gives nothing."""
+    proc = subprocess.Popen(["/bin/sleep", "60"], env=env)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{proc.pid}/environ", "rb") as fh:
+            if fh.read():
+                return proc
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"sleep {proc.pid} showed no environment within 10 s")
+
+
 @contextlib.contextmanager
 def dask_scheduler(path: Path, *options: str, env: dict | None = None):
     """A real `dask scheduler` on 127.0.0.1 (more options: options), until it has written

@@ -5,6 +5,7 @@ import sys
 
 from hypothesis import given, settings, strategies as st
 
+from conftest import sleeper
 from dask_pbs_kit import envfile, kit_cli
 
 TRICKY = {
@@ -121,7 +122,7 @@ def test_an_empty_per_host_value_is_kept(tmp_path):
 
 def test_initial_from_names_the_job_scripts_shell(tmp_path, monkeypatch):
     # pytest's own parent is not the job script: name a process whose environment we know.
-    child = subprocess.Popen(["/bin/sleep", "30"], env={"KEEP_MINE": "v1", "CHANGED": "old"})
+    child = sleeper({"KEEP_MINE": "v1", "CHANGED": "old"})
     try:
         monkeypatch.setenv("KEEP_MINE", "v1")
         monkeypatch.setenv("CHANGED", "new")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import DASK, KIT, stop_session
+from conftest import DASK, KIT, sleeper, stop_session
 from dask_pbs_kit import gpus, kit_cli
 from dask_pbs_kit.errors import BAD_VALUE, USAGE
 from launch_hook import gpu_uuid
@@ -141,9 +141,9 @@ def test_initial_from_reads_the_tasks_own_variable_not_env_sh_s(capsys, monkeypa
     # A task's start (what PBS gave it) against what env.sh carried from the first node.
     smi.setenv("SMI_OUT", SMI_L)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="GPU-own-0,GPU-own-1")
-    with_own = subprocess.Popen(["sleep", "60"], env=env)
+    with_own = sleeper(env)
     env.pop("CUDA_VISIBLE_DEVICES")
-    without = subprocess.Popen(["sleep", "60"], env=env)
+    without = sleeper(env)
     try:
         carried = {"CUDA_VISIBLE_DEVICES": "GPU-first-node", "PATH": os.environ["PATH"], "SMI_OUT": SMI_L}
         gpus.cli(["--index", "1", "--gpus", "2", "--initial-from", str(with_own.pid)], carried)
