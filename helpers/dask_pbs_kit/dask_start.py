@@ -8,7 +8,8 @@ interpreter its script names) where it would have run `dask scheduler|worker ARG
 
 In that one process, in this order:
   1. its output goes to the task's log (the job's stderr is kept for a failure's message);
-     its open-file limit goes up to the hard one, and, given the job's size (workers=),
+     its open-file limit goes up to the hard one, and, given the job's size (workers=; the
+     scheduler, which starts before the plan is written, reads it from the plan: job_size),
      Dask's connect timeout and the scheduler's listen backlog follow it (size_for);
   2. a worker whose nanny starts worker processes with multiprocessing's forkserver (the kit
      sets distributed.worker.multiprocessing-method to forkserver unless the job's
@@ -43,7 +44,12 @@ from . import args
 from .errors import BAD_VALUE, NO_INTERFACE, USAGE, KitError
 
 SETTINGS = ("role", "node", "log", "iface", "interface", "first", "scheduler_file", "timeout",
-            "memory", "host_procs", "reserve_ppm", "reserve_bytes", "started", "script", "workers")
+            "memory", "host_procs", "reserve_ppm", "reserve_bytes", "started", "script", "workers",
+            "tls", "tls_pending")
+# Written by kit.py tls once every certificate is: a scheduler started while job-setup
+# still makes them waits for it (tls_pending=yes).
+TLS_DONE = "client-config.json"
+TLS_OWN = ("ca.pem", "cluster.pem", "cluster.key")
 METHOD_VARIABLE = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
 # What a worker process imports as it starts, beyond `import distributed`: its dashboard
 # (bokeh: as long again as distributed itself) and its HTTP routes. A module that is not
@@ -251,6 +257,50 @@ FDS_PER_WORKER = 2        # the scheduler's connections per worker process (meas
 FDS_SPARE = 128           # its own files besides
 
 
+def wait_for(path: str, timeout: float, clock=time.monotonic, nap=time.sleep) -> bool:
+    """Whether path exists, waited for at most timeout s (every 5 ms)."""
+    deadline = clock() + timeout
+    while not os.path.exists(path):
+        if clock() >= deadline:
+            return False
+        nap(0.005)
+    return True
+
+
+def job_size(value: str, timeout: float, clock=time.monotonic, nap=time.sleep) -> int:
+    """The job's worker processes from workers=: N, or plan:PATH, the job's launch plan
+    (kit.py plan's lines; the scheduler starts while job-setup still waits for qstat, and
+    the plan appears in one rename): their sum once PATH exists, waited for at most
+    timeout s. 0 (unknown) when it does not come or cannot be read: the job script stops
+    a task whose plan failed."""
+    if value.isdigit():
+        return int(value)
+    if not value.startswith("plan:") or not wait_for(value[len("plan:"):], timeout, clock, nap):
+        return 0
+    try:
+        with open(value[len("plan:"):], encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError:
+        return 0
+    total = 0
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if fields[0] in ("worker", "gpu-worker") and len(fields) > 4 and fields[4].isdigit():
+            total += int(fields[4])
+    return total
+
+
+def await_certificates(folder: str, node: str, timeout: float, clock=time.monotonic,
+                       nap=time.sleep) -> None:
+    """The scheduler, started while job-setup makes the job's certificates (tls_pending):
+    once Dask is imported, wait for them, at most timeout s; a KitError (task.sh's message)
+    when they do not come or cannot be read."""
+    if not (wait_for(os.path.join(folder, TLS_DONE), timeout, clock, nap)
+            and all(os.access(os.path.join(folder, name), os.R_OK) for name in TLS_OWN)):
+        raise KitError(f"cannot read the job's TLS certificates in {folder} on node {node} (is the "
+                       "submit folder shared with the compute nodes?)")
+
+
 def size_for(role: str, workers: int, environ=os.environ, limits=None,
              somaxconn: str = "/proc/sys/net/core/somaxconn") -> list:
     """Fit Dask to a job of `workers` worker processes (0: unknown), in this process's
@@ -437,12 +487,17 @@ def fix_sys_path(helpers: str, script: str) -> None:
             del sys.path[0]
 
 
-def run_dask(role: str, dask_args: list) -> None:
-    """distributed's own command (what `dask scheduler|worker` runs), in this process."""
+def dask_command(role: str):
+    """distributed's own command module (what `dask scheduler|worker` runs): the import."""
     if role == "worker":
         from distributed.cli import dask_worker as command
     else:
         from distributed.cli import dask_scheduler as command
+    return command
+
+
+def run_dask(command, role: str, dask_args: list) -> None:
+    """command (dask_command's) in this process."""
     sys.argv = [f"dask {role}"] + dask_args
     command.main()
 
@@ -472,8 +527,10 @@ def main(argv=None) -> None:
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    workers = settings.get("workers", "")
-    for note in size_for(role, int(workers) if workers.isdigit() else 0):
+    timeout = settings.get("timeout", "")
+    timeout_s = float(timeout) if timeout.isdigit() else 120.0  # READY_TIMEOUT: what waits here may
+    workers = job_size(settings.get("workers", ""), timeout_s)
+    for note in size_for(role, workers):
         say_twice(job_err, f"dask-pbs: warning: node {settings.get('node', '?')}: {note}\n")
     forkserver = uses_forkserver(role, dask_args)
     if role == "worker":
@@ -498,13 +555,20 @@ def main(argv=None) -> None:
     if choice and settings.get("iface"):
         with open(settings["iface"], "w", encoding="utf-8") as fh:
             fh.write(choice + "\n")
-    os.close(job_err)
     print(task_line(settings, how, time.time()), flush=True)
     if forkserver:
         skip_parent_preload()
     if role == "scheduler":
         dask_args = hold_back_dashboard(dask_args)
-    run_dask(role, dask_args)
+    command = dask_command(role)
+    if settings.get("tls") and settings.get("tls_pending") == "yes":
+        try:
+            await_certificates(settings["tls"], settings.get("node", "?"), timeout_s)
+        except KitError as exc:
+            say_twice(job_err, f"dask-pbs: {exc}\n")
+            sys.exit(4)
+    os.close(job_err)
+    run_dask(command, role, dask_args)
 
 
 TASK_SETUP_USAGE = """usage: kit.py task-setup role=worker|scheduler [node=NODE] [interface=auto first=FIRST_NODE

@@ -78,14 +78,18 @@ year without --walltime (the job starts this before it knows its walltime, and d
 the keys when it ends). Uses openssl, else the cryptography package."""
 
 JOB_SETUP_USAGE = """usage: kit.py job-setup --env-file PATH --plan-file PATH [--tls FOLDER [--name LABEL]]
-                        [-- PLAN OPTIONS...]
+                        [--initial-from PID] [--say-scheduler-may-start] [-- PLAN OPTIONS...]
 
 What the job script needs before it starts a task, in one Python start: the launch plan
-(as `plan` with PLAN OPTIONS, written to --plan-file), the task environment (as
-`env-file`; the job script's shell is this helper's parent: run it from the script) and,
-with --tls, the job's certificates (as `tls`). They run at once: qstat and openssl are
-processes of their own. Each one's error goes to stderr; the status is the first
-failure's, 0 if none."""
+(as `plan` with PLAN OPTIONS, written to --plan-file in one rename), the task environment
+(as `env-file`: the job script's shell is PID, by default this helper's parent) and, with
+--tls, the job's certificates (as `tls`). They run at once: qstat and openssl are
+processes of their own. --say-scheduler-may-start: as soon as the environment file
+exists, while the certificates and the plan are still in the making, print
+`scheduler-may-start<TAB>0<TAB>NODE` on stdout (NODE: the first line of $PBS_NODEFILE,
+where PBS puts chunk 0 and the plan the scheduler; the job starts it there at once, and
+it waits for the certificates and the plan's size: task.sh's tls_pending and workers).
+Each one's error goes to stderr; the status is the first failure's, 0 if none."""
 
 
 def _count(text: str, what: str, minimum: int) -> int:
@@ -161,14 +165,16 @@ def env_file(argv: list) -> None:
 
 
 def job_setup(argv: list) -> int:
-    """kit.py job-setup: the certificates in a thread (openssl runs as processes), the plan
-    (qstat, a process) and the environment file here; every failure told, in that order
+    """kit.py job-setup: the certificates and the plan (qstat, a process) in threads (openssl
+    runs as processes), the environment file here; every failure told, in that order
     (plan, env-file, tls), and the first one's status returned."""
     import threading
     from collections.abc import Callable
 
     opts, plan_argv = args.parse(argv, {"--env-file": "value", "--plan-file": "value",
-                                        "--tls": "value", "--name": "value"}, JOB_SETUP_USAGE)
+                                        "--tls": "value", "--name": "value",
+                                        "--initial-from": "value",
+                                        "--say-scheduler-may-start": "flag"}, JOB_SETUP_USAGE)
     absent = [name for name in ("--env-file", "--plan-file") if name not in opts]
     if absent:
         raise KitError(f"missing {', '.join(absent)}\n{JOB_SETUP_USAGE}", USAGE)
@@ -184,22 +190,46 @@ def job_setup(argv: list) -> int:
 
     def write_plan() -> None:
         lines = plan(plan_argv).lines()
-        with open(opts["--plan-file"], "w", encoding="utf-8") as fh:
+        path = opts["--plan-file"]
+        # One rename: a scheduler started before the plan reads it as soon as it exists.
+        with open(f"{path}.tmp", "w", encoding="utf-8") as fh:
             fh.write("\n".join(lines) + "\n")
+        os.replace(f"{path}.tmp", path)
+
+    def start(part: str, work: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=attempt, args=(part, work))
+        thread.start()
+        return thread
 
     making = None
     if "--tls" in opts:
         tls_argv = [opts["--tls"], "--name", opts.get("--name", "job")]
-        making = threading.Thread(target=attempt, args=("tls", lambda: tls(tls_argv)))
-        making.start()
-    attempt("plan", write_plan)
-    attempt("env-file", lambda: env_file([opts["--env-file"]]))
+        making = start("tls", lambda: tls(tls_argv))
+    planning = start("plan", write_plan)
+    initial = ["--initial-from", opts["--initial-from"]] if "--initial-from" in opts else []
+    attempt("env-file", lambda: env_file([*initial, opts["--env-file"]]))
+    if opts.get("--say-scheduler-may-start") and "env-file" not in failures:
+        say_scheduler_may_start()
     if making is not None:
         making.join()
+    planning.join()
     told = [failures[part] for part in ("plan", "env-file", "tls") if part in failures]
     for failure in told:
         print(f"dask-pbs: {failure}", file=sys.stderr)
     return told[0].code if told else 0
+
+
+def say_scheduler_may_start(environ=os.environ) -> None:
+    """job-setup's early line: the scheduler's node-file line and node, where PBS runs the
+    job script (chunk 0's first line); nothing when the node file cannot be read (the
+    plan then says why)."""
+    from . import job_resources
+
+    try:
+        node = job_resources.read_nodefile(environ.get("PBS_NODEFILE", ""))[0]
+    except (KitError, IndexError):
+        return
+    print(f"scheduler-may-start\t0\t{node}", flush=True)
 
 
 # Commands whose code lives in a module of their own: the module loads only when its

@@ -6,8 +6,9 @@
 #
 #   1 dpk::check_knobs    the knobs: defaults given, every value checked
 #   2 dpk::prepare        the job's log folder and the names of its files (DPK_F_*)
-#   3 dpk::read_job       certificates, launch plan and task environment, made at once
-#   4 dpk::start_cluster  the scheduler and each worker chunk, one pbsdsh task each (DPK_T_*)
+#   3 dpk::read_job       certificates, launch plan and task environment, made at once;
+#                         the scheduler's pbsdsh task as soon as it may (dpk::start_scheduler)
+#   4 dpk::start_workers  each worker chunk, one pbsdsh task each (DPK_T_*)
 #   5 dpk::wait_ready     until every worker has registered, or fail naming what is missing
 #   6 dpk::announce       the banner, then the scheduler file published
 #     dpk::start_jupyter  JUPYTER=yes: JupyterLab beside the scheduler, its lines added
@@ -209,7 +210,7 @@ dpk::prepare() {
   # A worker job's SCHEDULER_FILE is the cluster's it joins: not its to remove.
   [[ $DPK_MODE == workers ]] || rm -f "$SCHEDULER_FILE" "$DPK_F_TLS_CONFIG" "$DPK_F_JUPYTER"
   rm -f "$DPK_F_JOB_SCHEDULER" "$DPK_F_ROLL" "$DPK_F_CLOSED" "$DPK_F_DIED" "$LOG_DIR"/*.iface \
-    "$DPK_F_NAP" "$LOG_DIR/job.log"
+    "$DPK_F_NAP" "$LOG_DIR/job.log" "$DPK_F_PLAN"
   DPK_F_LOG=$LOG_DIR/job.log
   mkfifo "$DPK_F_NAP" 2>/dev/null || DPK_F_NAP=""
   export DASK_PBS_KIT_ROLL=$DPK_F_ROLL DASK_PBS_KIT_CLOSED=$DPK_F_CLOSED DASK_PBS_KIT_STOP_WAIT=0.5
@@ -222,35 +223,53 @@ dpk::prepare() {
 
 # Make the job's certificates (TLS=yes), compute the launch plan (what PBS booked: see
 # kit.py plan) and write the task environment: one helper (kit.py job-setup) does the
-# three at once, in one Python start. Then give this script's own later clients (PROGRAM)
-# the client certificate, after env.sh is written: the tasks must not get it.
+# three at once, in one Python start. The scheduler's task needs only the environment
+# file: the helper says when it exists, and the task starts then (dpk::start_scheduler),
+# while the certificates and the plan are made; it waits for them where it needs them. Then give this script's own
+# later clients (PROGRAM) the client certificate, after env.sh is written: the tasks
+# must not get it.
 # Reads: knobs, DPK_F_*, DPK_J_* (workers mode). Sets: DPK_TLS_DIR (this job's own
 # certificates; empty: none), DPK_TASK_TLS (the certificates the tasks use; empty: plain
-# tcp), and the plan (dpk::parse_plan).
+# tcp), the plan (dpk::parse_plan) and, once the scheduler runs, its task (DPK_T_*).
 dpk::read_job() {
-  local failed=0
-  local -a plan_mode=() tls=()
+  local fd line status=""
+  local -a plan_mode=() tls=() early=(--say-scheduler-may-start)
   DPK_TLS_DIR="" DPK_TASK_TLS=""
   if [[ $DPK_MODE == workers ]]; then
     # The cluster's own certificates (never this job's to delete), its TLS or not; the
     # nannies' preload (dask_pbs_kit.grow) from the kit's helpers.
-    DPK_TASK_TLS=$DPK_J_TLS_DIR plan_mode=(--no-scheduler)
+    DPK_TASK_TLS=$DPK_J_TLS_DIR plan_mode=(--no-scheduler) early=()
     export PYTHONPATH=$DPK_KIT_DIR/helpers${PYTHONPATH:+:$PYTHONPATH}
   elif [[ $TLS == yes ]]; then
     DPK_TLS_DIR=$LOG_DIR/tls
     DPK_TASK_TLS=$DPK_TLS_DIR
     tls=(--tls "$DPK_TLS_DIR" --name "$PBS_JOBID")
   fi
-  # Run by this script itself: the helper reads this script's initial environment from
-  # its parent's /proc entry, to tell what the template changed from what PBS gave.
-  "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" job-setup --env-file "$DPK_F_ENV" --plan-file "$DPK_F_PLAN" \
-    "${tls[@]}" -- --nworkers "$NWORKERS" --nthreads "$NTHREADS" --reserve "$MEMORY_RESERVE" \
-    --worker-on-scheduler-chunk "$WORKER_ON_SCHEDULER_CHUNK" --walltime "$WALLTIME" \
-    --started "$((DPK_STARTED_US / 1000000))" "${plan_mode[@]}" 2>"$DPK_F_ERR.setup.err" || failed=1
+  # The helper reads this script's initial environment (/proc/$$/environ), to tell what
+  # the template changed from what PBS gave. Its lines come as it works, its status last.
+  exec {fd}< <(
+    "$DPK_PYTHON" "$DPK_KIT_DIR/helpers/kit.py" job-setup --env-file "$DPK_F_ENV" --plan-file "$DPK_F_PLAN" \
+      --initial-from "$$" "${tls[@]}" "${early[@]}" -- --nworkers "$NWORKERS" --nthreads "$NTHREADS" \
+      --reserve "$MEMORY_RESERVE" --worker-on-scheduler-chunk "$WORKER_ON_SCHEDULER_CHUNK" \
+      --walltime "$WALLTIME" --started "$((DPK_STARTED_US / 1000000))" "${plan_mode[@]}" \
+      2>"$DPK_F_ERR.setup.err"
+    printf 'status %s\n' "$?"
+  )
+  while IFS= read -r -u "$fd" line; do
+    case $line in
+      scheduler-may-start$'\t'*)
+        IFS=$'\t' read -r _ DPK_P_SCHED_LINE DPK_P_SCHED_NODE <<<"$line"
+        DPK_P_SCHED_CHUNK=0
+        dpk::start_scheduler
+        ;;
+      "status "*) status=${line#status } ;;
+    esac
+  done
+  exec {fd}<&-
   dpk::relay "$DPK_F_ERR.setup.err"
-  # The helper has said what is wrong.
-  [[ $failed -eq 0 ]] || dpk::die "the job could not be prepared (see the message above; logs in $LOG_DIR/)"
-  dpk::parse_plan <"$DPK_F_PLAN"
+  # The helper has said what is wrong (the EXIT trap stops a scheduler it let start).
+  [[ $status == 0 ]] || dpk::die "the job could not be prepared (see the message above; logs in $LOG_DIR/)"
+  dpk::place_scheduler
   dpk::log "read the job's chunks from $DPK_P_JOB_SOURCE"
   dpk::check_size
   if [[ -n $DPK_TLS_DIR ]]; then
@@ -258,6 +277,21 @@ dpk::read_job() {
     export DASK_DISTRIBUTED__COMM__TLS__CA_FILE=$DPK_TLS_DIR/ca.pem
     export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=$DPK_TLS_DIR/client.pem
     export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=$DPK_TLS_DIR/client.key
+  fi
+}
+
+# Read the plan; start the scheduler now if job-setup did not say it could start earlier,
+# or check that it runs where the plan puts it (chunk 0's first node-file line: PBS runs
+# the job script on chunk 0's host, and job-setup names that line).
+# Reads: DPK_F_PLAN, DPK_T_PID, DPK_P_SCHED_{LINE,NODE} as started. Sets: the plan.
+dpk::place_scheduler() {
+  local started="${DPK_P_SCHED_LINE:-} ${DPK_P_SCHED_NODE:-}"
+  dpk::parse_plan <"$DPK_F_PLAN"
+  [[ $DPK_MODE != workers ]] || return 0
+  if [[ ${#DPK_T_PID[@]} -eq 0 ]]; then
+    dpk::start_scheduler
+  elif [[ $started != "$DPK_P_SCHED_LINE $DPK_P_SCHED_NODE" ]]; then
+    dpk::die "the plan puts the scheduler on line $DPK_P_SCHED_LINE of \$PBS_NODEFILE (node $DPK_P_SCHED_NODE), but it started on line ${started/ / (node }): please report it to dask-pbs-kit with $DPK_F_PLAN and \$PBS_NODEFILE"
   fi
 }
 
@@ -305,11 +339,12 @@ dpk::parse_plan() {
 
 # ------------------------------------------------------------------ 4 start
 
-# Start the scheduler, then the worker processes of every worker chunk.
-# Reads: the plan, knobs, DPK_F_*, DPK_TLS_DIR. Sets: DPK_T_* (one entry per task:
-# DPK_T_PID its pbsdsh, DPK_T_LINE, DPK_T_NODE, DPK_T_PIDFILE, DPK_T_LOG, DPK_T_WATCH
-# for the readiness check); the scheduler is task 0.
-dpk::start_cluster() {
+# Start the scheduler's task (its dashboard as DASHBOARD says), at the line and on the
+# node job-setup gave, before the plan is read (dpk::read_job): it learns the job's size
+# from the plan file itself (task.sh's workers=plan:FILE) and waits for the certificates
+# once Dask is imported (tls_pending=yes).
+# Reads: knobs, DPK_F_*, DPK_P_SCHED_{CHUNK,LINE,NODE}. Sets: DPK_T_* (task 0).
+dpk::start_scheduler() {
   DPK_T_PID=() DPK_T_LINE=() DPK_T_NODE=() DPK_T_PIDFILE=() DPK_T_LOG=() DPK_T_WATCH=()
   local -a args extra
   args=(--scheduler-file "$DPK_F_JOB_SCHEDULER" --port "$SCHEDULER_PORT"
@@ -322,10 +357,16 @@ dpk::start_cluster() {
   read -r -a extra <<<"$EXTRA_SCHEDULER_ARGS"
   dpk::log "starting the scheduler on chunk $DPK_P_SCHED_CHUNK (node $DPK_P_SCHED_NODE)"
   dpk::start_task scheduler "$DPK_P_SCHED_CHUNK" "$DPK_P_SCHED_LINE" "$DPK_P_SCHED_NODE" 1 \
-    -- "${args[@]}" "${extra[@]}"
+    workers="plan:$DPK_F_PLAN" tls_pending=yes -- "${args[@]}" "${extra[@]}"
+}
 
+# Start the worker processes of every worker chunk.
+# Reads: the plan, knobs, DPK_F_*. Appends to DPK_T_* (one entry per task: DPK_T_PID its
+# pbsdsh, DPK_T_LINE, DPK_T_NODE, DPK_T_PIDFILE, DPK_T_LOG, DPK_T_WATCH for the
+# readiness check).
+dpk::start_workers() {
   local i label
-  local -a gpu board=()
+  local -a args extra gpu board=()
   # The workers' own dashboards (their pages, linked from the scheduler's) follow DASHBOARD.
   case $DASHBOARD in
     loopback) board=(--dashboard-address 127.0.0.1:0) ;;
@@ -347,8 +388,8 @@ dpk::start_cluster() {
     fi
     dpk::start_task worker "$label" "${DPK_P_W_LINE[i]}" "${DPK_P_W_NODE[i]}" \
       "${DPK_P_W_NPROC[i]}" memory="${DPK_P_W_MEMORY[i]}" host_procs="${DPK_P_W_HOST_PROCS[i]}" \
-      reserve_ppm="${DPK_P_W_PPM[i]}" reserve_bytes="${DPK_P_W_BYTES[i]}" "${gpu[@]}" \
-      -- "${args[@]}" "${extra[@]}"
+      reserve_ppm="${DPK_P_W_PPM[i]}" reserve_bytes="${DPK_P_W_BYTES[i]}" workers="$DPK_P_EXPECTED" \
+      "${gpu[@]}" -- "${args[@]}" "${extra[@]}"
   done
   dpk::log_workers
 }
@@ -373,7 +414,7 @@ dpk::start_task() {
     log="$log" pid="$pid_file" node="$node" kit="$DPK_KIT_DIR" python="$DPK_PYTHON" \
     interface="$INTERFACE" iface="$LOG_DIR/$role-$chunk.iface" first="${DPK_J_FIRST:-$DPK_P_SCHED_NODE}" \
     scheduler_file="${DPK_J_COPY:-$DPK_F_JOB_SCHEDULER}" timeout="$READY_TIMEOUT" tls="$DPK_TASK_TLS" \
-    omp="$WORKER_OMP_THREADS" workers="$DPK_P_EXPECTED" "$@" >"$log.pbsdsh" 2>&1 &
+    omp="$WORKER_OMP_THREADS" "$@" >"$log.pbsdsh" 2>&1 &
   DPK_T_PID+=("$!") DPK_T_LINE+=("$line") DPK_T_NODE+=("$node") DPK_T_PIDFILE+=("$pid_file")
   DPK_T_LOG+=("$log")
   DPK_T_WATCH+=(--watch "$role:$chunk:$node:$!:$log:$nproc")
@@ -884,7 +925,7 @@ dpk::main() {
     exit "$status"
   fi
   dpk::read_job
-  dpk::start_cluster
+  dpk::start_workers
   dpk::wait_ready
   dpk::announce
   dpk::start_jupyter

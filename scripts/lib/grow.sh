@@ -46,7 +46,7 @@ dpk::join() {
 # SIGTERM (a qdel signals every process of the job: it must not kill them before their
 # data is handed over; dpk::retire_added does it). The worker processes need the preload
 # of their own: a forkserver may start them, which did not inherit the nanny's choice.
-# Reads: the plan, DPK_J_*. Sets: DPK_T_* (as dpk::start_cluster; every task a worker).
+# Reads: the plan, DPK_J_*. Sets: DPK_T_* (as dpk::start_workers; every task a worker).
 dpk::start_added_workers() {
   DPK_T_PID=() DPK_T_LINE=() DPK_T_NODE=() DPK_T_PIDFILE=() DPK_T_LOG=() DPK_T_WATCH=()
   local i
@@ -58,7 +58,8 @@ dpk::start_added_workers() {
       --preload-nanny dask_pbs_kit.grow --preload dask_pbs_kit.grow)
     dpk::start_task worker "${DPK_P_W_CHUNK[i]}" "${DPK_P_W_LINE[i]}" "${DPK_P_W_NODE[i]}" \
       "${DPK_P_W_NPROC[i]}" memory="${DPK_P_W_MEMORY[i]}" host_procs="${DPK_P_W_HOST_PROCS[i]}" \
-      reserve_ppm="${DPK_P_W_PPM[i]}" reserve_bytes="${DPK_P_W_BYTES[i]}" -- "${args[@]}" "${extra[@]}"
+      reserve_ppm="${DPK_P_W_PPM[i]}" reserve_bytes="${DPK_P_W_BYTES[i]}" workers="$DPK_P_EXPECTED" \
+      -- "${args[@]}" "${extra[@]}"
   done
   dpk::log_workers
 }

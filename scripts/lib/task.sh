@@ -16,8 +16,10 @@
 #   python=PYTHON  interface=auto|NAME|(empty: Dask's default)  iface=FILE (auto's choice)
 #   first=FIRST_NODE  scheduler_file=FILE  timeout=SECONDS  tls=DIR (empty: plain tcp)
 #   omp=OMP_THREADS   workers only: memory=BYTES|auto host_procs=P reserve_ppm=N reserve_bytes=N
-#   workers=N (optional: the job's worker processes; from 200 on, Dask's connect timeout and
-#   the scheduler's listen backlog follow the job's size, see dask_start.size_for)
+#   workers=N|plan:FILE (optional: the job's worker processes, or the plan that tells them;
+#   from 200 on, Dask's connect timeout and the scheduler's listen backlog follow the job's
+#   size, see dask_start.size_for)  tls_pending=yes (the scheduler, started while job-setup
+#   makes the certificates: they are waited for, at most timeout, once Dask is imported)
 #   GPU workers only: gpu=I gpus=N (its entry of this host's N devices) chunk_gpus=G
 #   worker_command=auto|dask-worker|dask-cuda-worker cuda_args="ARGS" (for dask cuda worker)
 # Exit status: 2 usage; 3 no usable interface; 4 environment or certificates unreadable;
@@ -28,11 +30,12 @@ started=${EPOCHREALTIME:-}  # bash 5: the task's line says how long its start to
 role="" env="" log=/dev/null pid="" node="?" kit="" python=python3 interface="" iface=""
 first="" scheduler_file="" timeout=120 tls="" omp=1 memory=auto host_procs=1 reserve_ppm=0
 reserve_bytes=0 workers="" gpu="" gpus="" chunk_gpus="" worker_command=auto cuda_args=""
+tls_pending=""
 while [[ $# -gt 0 && $1 != -- ]]; do
   case ${1%%=*} in
     role | env | log | pid | node | kit | python | interface | iface | first | scheduler_file | \
       timeout | tls | omp | memory | host_procs | reserve_ppm | reserve_bytes | workers | gpu | \
-      gpus | chunk_gpus | worker_command | cuda_args)
+      gpus | chunk_gpus | worker_command | cuda_args | tls_pending)
       printf -v "${1%%=*}" '%s' "${1#*=}"
       ;;
     *)
@@ -107,7 +110,9 @@ case $interface in
 esac
 
 if [[ -n $tls ]]; then
-  [[ -r $tls/ca.pem && -r $tls/cluster.key ]] ||
+  # tls_pending=yes: the scheduler, started while job-setup makes the certificates; its
+  # Python waits for them once Dask is imported (await_certificates below, or dask_start's).
+  [[ $tls_pending == yes || (-r $tls/ca.pem && -r $tls/cluster.key) ]] ||
     fail 4 "cannot read the job's TLS certificates in $tls on node $node (is the submit folder shared with the compute nodes?)"
   # Through Dask's configuration, not --tls-* options: `dask scheduler` refuses
   # --tls-* together with --interface ("Can not specify both interface and host").
@@ -162,8 +167,20 @@ if [[ -n $dask_python ]]; then
     "$kit/helpers" role="$role" node="$node" log="$log" iface="$iface" interface="$interface" \
     first="$first" scheduler_file="$scheduler_file" timeout="$timeout" memory="$memory" \
     host_procs="$host_procs" reserve_ppm="$reserve_ppm" reserve_bytes="$reserve_bytes" \
-    started="$started" script="$dask_script" workers="$workers" -- "$@"
+    started="$started" script="$dask_script" workers="$workers" tls="$tls" tls_pending="$tls_pending" -- "$@"
 fi
+
+# The other path (dask's Python unknown): the certificates come before the Dask command.
+await_certificates() {
+  local waited=0
+  until [[ -e $tls/client-config.json ]]; do
+    [[ $((waited++)) -lt $((timeout * 100)) ]] || break
+    sleep 0.01
+  done
+  [[ -r $tls/ca.pem && -r $tls/cluster.key ]] ||
+    fail 4 "cannot read the job's TLS certificates in $tls on node $node (is the submit folder shared with the compute nodes?)"
+}
+[[ -z $tls || $tls_pending != yes ]] || await_certificates
 
 # The other path: one helper call for the interface (auto) and a worker's memory limit.
 how=""
