@@ -24,6 +24,8 @@ import os
 import re
 import shlex
 
+from .errors import KitError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing costs a job start ~8 ms
     from typing import Mapping, Optional
@@ -101,7 +103,11 @@ def write_env_file(path: str, environ: Mapping[str, str], initial_pid: Optional[
     initial = initial_environment(pid)
     text = env_script(environ, initial, f"/proc/{pid}/environ")
     tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise KitError(f"cannot write the task environment {path} ({exc.strerror}): set LOG_DIR "
+                       "to a folder you can write on storage the compute nodes share") from None

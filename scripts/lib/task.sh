@@ -173,11 +173,11 @@ fi
 # The other path (dask's Python unknown): the certificates come before the Dask command.
 await_certificates() {
   local waited=0
-  until [[ -e $tls/client-config.json ]]; do
-    [[ $((waited++)) -lt $((timeout * 100)) ]] || break
+  until [[ -e $tls/client-config.json ]] || [[ $((waited++)) -ge $((timeout * 100)) ]]; do
     sleep 0.01
   done
-  [[ -r $tls/ca.pem && -r $tls/cluster.key ]] ||
+  # client-config.json is written last, once every certificate is (kit.py tls).
+  [[ -e $tls/client-config.json && -r $tls/ca.pem && -r $tls/cluster.pem && -r $tls/cluster.key ]] ||
     fail 4 "cannot read the job's TLS certificates in $tls on node $node (is the submit folder shared with the compute nodes?)"
 }
 [[ -z $tls || $tls_pending != yes ]] || await_certificates

@@ -59,6 +59,10 @@ load test_helper
   run job_output dask-cluster-procs
   # Chunk 0: 4 workers and the scheduler (WORKER_ON_SCHEDULER_CHUNK=auto).
   [[ $output == *"512mb per chunk less a reserve of 10% leaves"*"for each of 5 Dask processes (the scheduler counts as one on its chunk)"* ]]
+  # The scheduler's task started as soon as env.sh existed, before the plan said no: stopped.
+  [[ $output == *"starting the scheduler on chunk 0 (node node00)"*"512mb per chunk"* ]]
+  compgen -G "dask-logs/*/scheduler-0.log"
+  assert_no_job_processes
 }
 
 @test "a TLS or DASHBOARD value the kit does not know is refused before anything starts" {

@@ -108,3 +108,30 @@ print(len(ports), sorted({status(p) for p in ports}))
   [ -z "$output" ]
   stop_cluster
 }
+
+# task.sh's other path (a `dask` whose Python cannot be told: runs as a command) for a
+# scheduler started while job-setup makes the certificates (tls_pending=yes). The `dask`
+# here only tells what it found.
+pending_scheduler() {
+  mkdir -p bin tls
+  printf '#!/bin/bash\nls "%s" >dask.saw\n' "$BATS_TEST_TMPDIR/tls" >bin/dask
+  chmod +x bin/dask
+  printf 'export PATH=%q\n' "$BATS_TEST_TMPDIR/bin:/usr/bin:/bin" >env.sh
+  PBS_O_WORKDIR=$BATS_TEST_TMPDIR /bin/bash "$KIT/scripts/lib/task.sh" role=scheduler env=env.sh log=task.log \
+    pid=task.pid node=node00 kit="$KIT" interface= tls="$BATS_TEST_TMPDIR/tls" tls_pending=yes timeout="$1" -- --port 0
+}
+
+@test "a scheduler started before its certificates exist waits for them, on task.sh's other path too" {
+  (sleep 0.5 && touch tls/ca.pem tls/cluster.pem tls/cluster.key tls/client-config.json) &
+  mkdir -p tls
+  run pending_scheduler 60
+  wait
+  [ "$status" -eq 0 ]
+  [ "$(cat dask.saw)" = "$(printf 'ca.pem\nclient-config.json\ncluster.key\ncluster.pem')" ]
+  run pending_scheduler 1
+  [ "$status" -eq 0 ]  # all there: no wait
+  rm tls/client-config.json
+  run pending_scheduler 1
+  [ "$status" -eq 4 ]
+  [ "$output" = "dask-pbs: cannot read the job's TLS certificates in $BATS_TEST_TMPDIR/tls on node node00 (is the submit folder shared with the compute nodes?)" ]
+}

@@ -548,3 +548,76 @@ def test_a_large_job_gets_a_connect_timeout_and_a_backlog_for_its_size(tmp_path)
         "(ulimit -Hn): ask the site for more, or run fewer processes"]
     cap.write_text("65535\n")
     assert ds.size_for("scheduler", 4000, {}, FakeLimits(1024, 1 << 20), str(cap)) == []
+
+
+class FakeClock:
+    """time.monotonic and time.sleep for a wait: each nap moves the clock, and a file may
+    appear at a given time."""
+
+    def __init__(self, appear=None, at: float = 0.0) -> None:
+        self.now, self.appear, self.at, self.naps = 0.0, appear, at, 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def nap(self, seconds: float) -> None:
+        self.now += seconds
+        self.naps += 1
+        if self.appear is not None and self.now >= self.at:
+            self.appear()
+            self.appear = None
+
+
+PLAN = ("job\tqstat -f -F json\nwalltime\t-1\t-1\tnone\nscheduler\t0\t0\tnode00\t1\n"
+        "worker\t1\t1\tnode01\t4\t1\tauto\t4\t0\t0\n"
+        "gpu-worker\t2\t2\tnode02\t1\t1\tauto\t2\t0\t0\t0\t2\t0\t2\n"
+        "gpu-worker\t2\t2\tnode02\t1\t1\tauto\t2\t0\t0\t1\t2\t1\t2\n")
+
+
+def test_job_size_a_number_or_the_plan_waited_for(tmp_path):
+    assert ds.job_size("600", 5) == 600
+    assert ds.job_size("", 5) == 0 and ds.job_size("many", 5) == 0
+    plan = tmp_path / "plan.tsv"
+    # The scheduler started before job-setup wrote the plan: it waits for the file.
+    fake = FakeClock(lambda: plan.write_text(PLAN), at=0.5)
+    assert ds.job_size(f"plan:{plan}", 120, fake.clock, fake.nap) == 6
+    assert 0.5 <= fake.now < 0.51
+    # A plan that never comes (the job failed and stops this task): unknown, after timeout.
+    fake = FakeClock()
+    assert ds.job_size(f"plan:{tmp_path / 'none.tsv'}", 2, fake.clock, fake.nap) == 0
+    assert 2 <= fake.now < 2.01
+
+
+def test_a_scheduler_started_before_its_certificates_waits_for_them(tmp_path):
+    tls = tmp_path / "tls"
+    tls.mkdir()
+
+    def made():
+        for name in ds.TLS_OWN + (ds.TLS_DONE,):
+            (tls / name).write_text("x")
+
+    fake = FakeClock(made, at=0.3)
+    ds.await_certificates(str(tls), "node00", 120, fake.clock, fake.nap)
+    assert 0.3 <= fake.now < 0.31
+    # client-config.json comes last: the certificates alone are not enough.
+    (tls / ds.TLS_DONE).unlink()
+    fake = FakeClock()
+    with pytest.raises(KitError, match=r"cannot read the job's TLS certificates in .*/tls on node node00 "):
+        ds.await_certificates(str(tls), "node00", 1, fake.clock, fake.nap)
+    assert 1 <= fake.now < 1.01
+
+
+def test_a_scheduler_whose_certificates_never_come_fails_on_the_jobs_stderr(tmp_path, job):
+    logs, env = job
+    proc = launch(tmp_path, "scheduler", {"node": "node00", "log": logs / "scheduler-0.log",
+                                          "tls": tmp_path / "tls", "tls_pending": "yes", "timeout": "1"},
+                  ["--scheduler-file", str(logs / "scheduler.json"), "--port", "0"], env)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+    assert proc.returncode == 4
+    assert err == (f"dask-pbs: cannot read the job's TLS certificates in {tmp_path / 'tls'} on node node00 "
+                   "(is the submit folder shared with the compute nodes?)\n")
+    assert err in (logs / "scheduler-0.log").read_text()
+    assert not (logs / "scheduler.json").exists()

@@ -491,6 +491,41 @@ def test_job_setup_never_loses_an_unexpected_error_in_its_tls_thread(fake_qstat,
     assert (fake_qstat / "plan.tsv").read_text().startswith("job\t")
 
 
+def test_job_setup_says_the_scheduler_may_start_before_qstat_has_answered(fake_qstat):
+    """The early line comes once env.sh exists, while qstat still runs (here: until the
+    test lets it answer); then the plan, and status 0."""
+    go = fake_qstat / "go"
+    (fake_qstat / "bin" / "qstat").write_text(
+        f'#!/bin/sh\nwhile [ ! -e {go} ]; do sleep 0.02; done\nexec cat "$QSTAT_JSON"\n')
+    setup = subprocess.Popen(
+        [sys.executable, str(KIT / "helpers" / "kit.py"), "job-setup", "--env-file", str(fake_qstat / "env.sh"),
+         "--plan-file", str(fake_qstat / "plan.tsv"), "--initial-from", str(os.getpid()),
+         "--say-scheduler-may-start", "--", "--nworkers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert setup.stdout.readline() == "scheduler-may-start\t0\tn0\n"
+        assert (fake_qstat / "env.sh").exists() and not (fake_qstat / "plan.tsv").exists()
+    finally:
+        go.write_text("")
+        out, err = setup.communicate(timeout=60)
+    assert (setup.returncode, out, err) == (0, "", "")
+    assert "scheduler\t0\t0\tn0\t" in (fake_qstat / "plan.tsv").read_text()
+    assert not (fake_qstat / "plan.tsv.tmp").exists()
+
+
+def test_job_setup_says_nothing_early_when_env_sh_cannot_be_written_or_the_node_file_read(fake_qstat, capsys,
+                                                                                         monkeypatch):
+    argv = ["job-setup", "--plan-file", str(fake_qstat / "plan.tsv"), "--say-scheduler-may-start"]
+    assert kit_cli.main(argv + ["--env-file", str(fake_qstat / "no" / "env.sh")]) != 0
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.startswith(f"dask-pbs: cannot write the task environment {fake_qstat}/no/env.sh (No such file")
+    monkeypatch.setenv("PBS_NODEFILE", str(fake_qstat / "no-nodes"))
+    assert kit_cli.main(argv + ["--env-file", str(fake_qstat / "env.sh")]) != 0
+    out = capsys.readouterr()
+    assert out.out == "" and "cannot read $PBS_NODEFILE" in out.err
+
+
 def test_job_setup_needs_both_files(capsys):
     assert kit_cli.main(["job-setup", "--plan-file", "p"]) == USAGE
     assert "missing --env-file" in capsys.readouterr().err
