@@ -225,9 +225,9 @@ dpk::prepare() {
 # kit.py plan) and write the task environment: one helper (kit.py job-setup) does the
 # three at once, in one Python start. The scheduler's task needs only the environment
 # file: the helper says when it exists, and the task starts then (dpk::start_scheduler),
-# while the certificates and the plan are made; it waits for them where it needs them. Then give this script's own
-# later clients (PROGRAM) the client certificate, after env.sh is written: the tasks
-# must not get it.
+# while the certificates and the plan are made; it waits for them where it needs them.
+# Then give this script's own later clients (PROGRAM) the client certificate, after
+# env.sh is written: the tasks must not get it.
 # Reads: knobs, DPK_F_*, DPK_J_* (workers mode). Sets: DPK_TLS_DIR (this job's own
 # certificates; empty: none), DPK_TASK_TLS (the certificates the tasks use; empty: plain
 # tcp), the plan (dpk::parse_plan) and, once the scheduler runs, its task (DPK_T_*).

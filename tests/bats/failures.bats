@@ -78,3 +78,14 @@ load test_helper
   [ ! -e dask-logs ]
   assert_no_job_processes
 }
+
+@test "certificates that cannot be made fail the job, and the scheduler that started before them is stopped" {
+  prefix_with openssl 'echo "openssl: no randomness on this node" >&2; exit 1'
+  submit launch-dask-cluster-path.pbs -l select=2:ncpus=1:mem=1gb -v "PYTHON_PREFIX=$BATS_TEST_TMPDIR/prefix"
+  [ "$status" -eq 1 ]
+  run job_output dask-cluster-path
+  [[ $output == *"starting the scheduler on chunk 0 (node node00)"*"openssl failed making the job's TLS certificates:"*"openssl: no randomness on this node"*"(set TLS=no to run without encryption)"* ]]
+  [[ $output == *"the job could not be prepared"* ]]
+  [[ $output != *"cluster ready"* ]]
+  assert_no_job_processes
+}
