@@ -46,10 +46,6 @@ from .errors import BAD_VALUE, NO_INTERFACE, USAGE, KitError
 SETTINGS = ("role", "node", "log", "iface", "interface", "first", "scheduler_file", "timeout",
             "memory", "host_procs", "reserve_ppm", "reserve_bytes", "started", "script", "workers",
             "tls", "tls_pending")
-# Written by kit.py tls once every certificate is: a scheduler started while job-setup
-# still makes them waits for it (tls_pending=yes).
-TLS_DONE = "client-config.json"
-TLS_OWN = ("ca.pem", "cluster.pem", "cluster.key")
 METHOD_VARIABLE = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
 # What a worker process imports as it starts, beyond `import distributed`: its dashboard
 # (bokeh: as long again as distributed itself) and its HTTP routes. A module that is not
@@ -275,10 +271,11 @@ def job_size(value: str, timeout: float, clock=time.monotonic, nap=time.sleep) -
     a task whose plan failed."""
     if value.isdigit():
         return int(value)
-    if not value.startswith("plan:") or not wait_for(value[len("plan:"):], timeout, clock, nap):
+    path = value[len("plan:"):]
+    if not value.startswith("plan:") or not wait_for(path, timeout, clock, nap):
         return 0
     try:
-        with open(value[len("plan:"):], encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError:
         return 0
@@ -293,10 +290,14 @@ def job_size(value: str, timeout: float, clock=time.monotonic, nap=time.sleep) -
 def await_certificates(folder: str, node: str, timeout: float, clock=time.monotonic,
                        nap=time.sleep) -> None:
     """The scheduler, started while job-setup makes the job's certificates (tls_pending):
-    once Dask is imported, wait for them, at most timeout s; a KitError (task.sh's message)
-    when they do not come or cannot be read."""
-    if not (wait_for(os.path.join(folder, TLS_DONE), timeout, clock, nap)
-            and all(os.access(os.path.join(folder, name), os.R_OK) for name in TLS_OWN)):
+    once Dask is imported, wait for them, at most timeout s (kit.py tls writes the client's
+    configuration last, once every certificate is); a KitError (task.sh's message) when
+    they do not come or cannot be read."""
+    from .tls_files import CA, CLIENT_CONFIG, CLUSTER_CERT, CLUSTER_KEY
+
+    own = (CA, CLUSTER_CERT, CLUSTER_KEY)
+    if not (wait_for(os.path.join(folder, CLIENT_CONFIG), timeout, clock, nap)
+            and all(os.access(os.path.join(folder, name), os.R_OK) for name in own)):
         raise KitError(f"cannot read the job's TLS certificates in {folder} on node {node} (is the "
                        "submit folder shared with the compute nodes?)")
 
@@ -513,6 +514,7 @@ def main(argv=None) -> None:
     helpers, rest = argv[0], argv[1:]
     try:
         settings, dask_args = parse(rest)
+        timeout = args.number(settings.get("timeout", "120"), "timeout")  # what waits here may
     except KitError as exc:
         print(f"dask-pbs: {exc}", file=sys.stderr)
         sys.exit(exc.code)
@@ -527,9 +529,7 @@ def main(argv=None) -> None:
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    timeout = settings.get("timeout", "")
-    timeout_s = float(timeout) if timeout.isdigit() else 120.0  # READY_TIMEOUT: what waits here may
-    workers = job_size(settings.get("workers", ""), timeout_s)
+    workers = job_size(settings.get("workers", ""), timeout)
     for note in size_for(role, workers):
         say_twice(job_err, f"dask-pbs: warning: node {settings.get('node', '?')}: {note}\n")
     forkserver = uses_forkserver(role, dask_args)
@@ -563,7 +563,7 @@ def main(argv=None) -> None:
     command = dask_command(role)
     if settings.get("tls") and settings.get("tls_pending") == "yes":
         try:
-            await_certificates(settings["tls"], settings.get("node", "?"), timeout_s)
+            await_certificates(settings["tls"], settings.get("node", "?"), timeout)
         except KitError as exc:
             say_twice(job_err, f"dask-pbs: {exc}\n")
             sys.exit(4)

@@ -593,14 +593,14 @@ def test_a_scheduler_started_before_its_certificates_waits_for_them(tmp_path):
     tls.mkdir()
 
     def made():
-        for name in ds.TLS_OWN + (ds.TLS_DONE,):
+        for name in ("ca.pem", "cluster.pem", "cluster.key", "client-config.json"):
             (tls / name).write_text("x")
 
     fake = FakeClock(made, at=0.3)
     ds.await_certificates(str(tls), "node00", 120, fake.clock, fake.nap)
     assert 0.3 <= fake.now < 0.31
     # client-config.json comes last: the certificates alone are not enough.
-    (tls / ds.TLS_DONE).unlink()
+    (tls / "client-config.json").unlink()
     fake = FakeClock()
     with pytest.raises(KitError, match=r"cannot read the job's TLS certificates in .*/tls on node node00 "):
         ds.await_certificates(str(tls), "node00", 1, fake.clock, fake.nap)
