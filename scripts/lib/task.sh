@@ -56,6 +56,10 @@ fail() { # <status> <message>: to the job's stderr and to the task's log
   exit "$1"
 }
 
+fail_tls() {
+  fail 4 "cannot read the job's TLS certificates in $tls on node $node (is the submit folder shared with the compute nodes?)"
+}
+
 # The Python that runs the `dask` script $1, from its first lines (no fork): #!/path/python,
 # #!/usr/bin/env python3, or pip's /bin/sh trampoline for a path too long for #!. Sets
 # dask_python (empty when it cannot be told: a wrapper of some other kind).
@@ -112,8 +116,7 @@ esac
 if [[ -n $tls ]]; then
   # tls_pending=yes: the scheduler, started while job-setup makes the certificates; its
   # Python waits for them once Dask is imported (await_certificates below, or dask_start's).
-  [[ $tls_pending == yes || (-r $tls/ca.pem && -r $tls/cluster.key) ]] ||
-    fail 4 "cannot read the job's TLS certificates in $tls on node $node (is the submit folder shared with the compute nodes?)"
+  [[ $tls_pending == yes || (-r $tls/ca.pem && -r $tls/cluster.key) ]] || fail_tls
   # Through Dask's configuration, not --tls-* options: `dask scheduler` refuses
   # --tls-* together with --interface ("Can not specify both interface and host").
   export DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION=True
@@ -178,7 +181,7 @@ await_certificates() {
   done
   # client-config.json is written last, once every certificate is (kit.py tls).
   [[ -e $tls/client-config.json && -r $tls/ca.pem && -r $tls/cluster.pem && -r $tls/cluster.key ]] ||
-    fail 4 "cannot read the job's TLS certificates in $tls on node $node (is the submit folder shared with the compute nodes?)"
+    fail_tls
 }
 [[ -z $tls || $tls_pending != yes ]] || await_certificates
 
