@@ -280,19 +280,15 @@ dpk::read_job() {
   fi
 }
 
-# Read the plan; start the scheduler now if job-setup did not say it could start earlier,
-# or check that it runs where the plan puts it (chunk 0's first node-file line: PBS runs
-# the job script on chunk 0's host, and job-setup names that line).
-# Reads: DPK_F_PLAN, DPK_T_PID, DPK_P_SCHED_{LINE,NODE} as started. Sets: the plan.
+# Read the plan, and check that the scheduler started where the plan puts it (chunk 0's
+# first node-file line: PBS runs the job script on chunk 0's host, and job-setup names
+# that line as soon as env.sh exists; a plan it could make had a node file to read).
+# Reads: DPK_F_PLAN, DPK_P_SCHED_{LINE,NODE} as started. Sets: the plan.
 dpk::place_scheduler() {
-  local started="${DPK_P_SCHED_LINE:-} ${DPK_P_SCHED_NODE:-}"
+  local started="${DPK_P_SCHED_LINE:-none} (node ${DPK_P_SCHED_NODE:-none})"
   dpk::parse_plan <"$DPK_F_PLAN"
-  [[ $DPK_MODE != workers ]] || return 0
-  if [[ ${#DPK_T_PID[@]} -eq 0 ]]; then
-    dpk::start_scheduler
-  elif [[ $started != "$DPK_P_SCHED_LINE $DPK_P_SCHED_NODE" ]]; then
-    dpk::die "the plan puts the scheduler on line $DPK_P_SCHED_LINE of \$PBS_NODEFILE (node $DPK_P_SCHED_NODE), but it started on line ${started/ / (node }): please report it to dask-pbs-kit with $DPK_F_PLAN and \$PBS_NODEFILE"
-  fi
+  [[ $DPK_MODE == workers || $started == "$DPK_P_SCHED_LINE (node $DPK_P_SCHED_NODE)" ]] ||
+    dpk::die "the plan puts the scheduler on line $DPK_P_SCHED_LINE of \$PBS_NODEFILE (node $DPK_P_SCHED_NODE), but it started on line $started: please report it to dask-pbs-kit with $DPK_F_PLAN and \$PBS_NODEFILE"
 }
 
 # A job of many worker processes: warn when READY_TIMEOUT looks short for its size. The
