@@ -41,11 +41,15 @@ import sys
 import time
 
 from . import args
-from .errors import BAD_VALUE, NO_INTERFACE, USAGE, KitError
+from .errors import BAD_VALUE, MISSING, NO_INTERFACE, USAGE, KitError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only (see job_resources)
+    from typing import Optional
 
 SETTINGS = ("role", "node", "log", "iface", "interface", "first", "scheduler_file", "timeout",
             "memory", "host_procs", "reserve_ppm", "reserve_bytes", "started", "script", "workers",
-            "tls", "tls_pending")
+            "tls", "tls_pending", "plan", "chunk", "line")
 METHOD_VARIABLE = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
 # What a worker process imports as it starts, beyond `import distributed`: its dashboard
 # (bokeh: as long again as distributed itself) and its HTTP routes. A module that is not
@@ -263,28 +267,58 @@ def wait_for(path: str, timeout: float, clock=time.monotonic, nap=time.sleep) ->
     return True
 
 
-def job_size(value: str, timeout: float, clock=time.monotonic, nap=time.sleep) -> int:
-    """The job's worker processes from workers=: N, or plan:PATH, the job's launch plan
-    (kit.py plan's lines; the scheduler starts while job-setup still waits for qstat, and
-    the plan appears in one rename): their sum once PATH exists, waited for at most
-    timeout s. 0 (unknown) when it does not come or cannot be read: the job script stops
-    a task whose plan failed."""
-    if value.isdigit():
-        return int(value)
-    path = value[len("plan:"):]
-    if not value.startswith("plan:") or not wait_for(path, timeout, clock, nap):
-        return 0
+def read_plan(path: str, timeout: float, clock=time.monotonic, nap=time.sleep) -> Optional[list]:
+    """The launch plan's rows (kit.py plan's lines, split at tabs) once PATH exists, waited
+    for at most timeout s (tasks start while job-setup still waits for qstat; the plan
+    appears in one rename); None when it does not come or cannot be read."""
+    if not wait_for(path, timeout, clock, nap):
+        return None
     try:
         with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+            return [line.split("\t") for line in fh.read().splitlines()]
     except OSError:
-        return 0
-    total = 0
-    for line in text.splitlines():
-        fields = line.split("\t")
-        if fields[0] in ("worker", "gpu-worker") and len(fields) > 4 and fields[4].isdigit():
-            total += int(fields[4])
-    return total
+        return None
+
+
+def worker_processes(rows: list) -> int:
+    """The plan's worker processes: the sum of its worker and gpu-worker rows' NWORKERS."""
+    return sum(int(row[4]) for row in rows
+               if row[0] in ("worker", "gpu-worker") and len(row) > 4 and row[4].isdigit())
+
+
+def job_size(value: str, timeout: float, clock=time.monotonic, nap=time.sleep) -> int:
+    """The job's worker processes from workers=: N, or plan:PATH, the job's launch plan:
+    their sum (read_plan). 0 (unknown) when the plan does not come or cannot be read: the
+    job script stops a task whose plan failed."""
+    if value.isdigit():
+        return int(value)
+    rows = read_plan(value[len("plan:"):], timeout, clock, nap) if value.startswith("plan:") else None
+    return 0 if rows is None else worker_processes(rows)
+
+
+def take_plan_row(settings: dict, dask_args: list, timeout: float, clock=time.monotonic,
+                  nap=time.sleep) -> Optional[tuple]:
+    """A worker task started before the plan (plan=PATH chunk=C line=L: the job script
+    guessed that node-file line L is chunk C's): (its settings, its Dask arguments) from
+    the plan's `worker` row of chunk C at line L (the memory settings, the job's size;
+    --nthreads, --name and --nworkers before the job's own arguments, so that
+    EXTRA_WORKER_ARGS still come last and win); None when the plan has no such row (a GPU
+    chunk's line, or the guess was wrong: the job script starts that chunk's tasks itself).
+    KitError when the plan does not come within timeout s."""
+    path = settings.get("plan", "")
+    rows = read_plan(path, timeout, clock, nap)
+    if rows is None:
+        raise KitError(f"the job's launch plan {path} did not come within {timeout:g} s (the job "
+                       "script stops its tasks when the plan fails: see its messages)", MISSING)
+    chunk, line = settings.get("chunk", ""), settings.get("line", "")
+    for row in rows:
+        if row[0] == "worker" and len(row) >= 10 and row[1] == chunk and row[2] == line:
+            nworkers, nthreads, memory, host_procs, ppm, reserve = row[4:10]
+            settings = dict(settings, memory=memory, host_procs=host_procs, reserve_ppm=ppm,
+                            reserve_bytes=reserve, workers=str(worker_processes(rows)))
+            return settings, ["--nthreads", nthreads, "--name", f"chunk-{chunk}",
+                              "--nworkers", nworkers] + dask_args
+    return None
 
 
 def await_certificates(folder: str, node: str, timeout: float, clock=time.monotonic,
@@ -509,6 +543,40 @@ def say_twice(job_err: int, message: str) -> None:
     os.write(2, message.encode())
 
 
+def early_worker(settings: dict, dask_args: list, timeout: float, job_err: int) -> tuple:
+    """A worker task started before the plan: distributed imported while job-setup waits
+    for qstat, then its row taken (take_plan_row). Exits 0, said in the task's log, when the
+    plan has no worker for it; 4, said on the job's stderr too, when the plan never comes."""
+    try:
+        import distributed  # noqa: F401  (the import that overlaps the job's qstat)
+    except ImportError:
+        pass  # the Dask command's own import says what is wrong, in the task's log
+    node = settings.get("node", "?")
+    try:
+        taken = take_plan_row(settings, dask_args, timeout)
+    except KitError as exc:
+        say_twice(job_err, f"dask-pbs: node {node}: {exc}\n")
+        sys.exit(4)
+    if taken is None:
+        print(f"dask-pbs: node {node}: the plan has no worker of chunk {settings.get('chunk')} on line "
+              f"{settings.get('line')} of $PBS_NODEFILE: this task ends (the job starts that "
+              "chunk's tasks where the plan puts them)", flush=True)
+        sys.exit(0)
+    return taken
+
+
+def config_late(before: dict, environ=os.environ) -> None:
+    """The DASK_ variables set or changed in environ since before, into Dask's
+    configuration, which Dask read from the environment at its import: an early worker
+    imports distributed before it knows the job's size and its multiprocessing method, and
+    a forkserver that cannot start makes it spawn after the import."""
+    import dask.config
+
+    added = {k: v for k, v in environ.items() if k.startswith("DASK_") and before.get(k) != v}
+    if added:
+        dask.config.update(dask.config.config, dask.config.collect_env(added))
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     helpers, rest = argv[0], argv[1:]
@@ -529,6 +597,9 @@ def main(argv=None) -> None:
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
+    environ_at_start = dict(os.environ)
+    if settings.get("plan"):
+        settings, dask_args = early_worker(settings, dask_args, timeout, job_err)
     workers = job_size(settings.get("workers", ""), timeout)
     for note in size_for(role, workers):
         say_twice(job_err, f"dask-pbs: warning: node {settings.get('node', '?')}: {note}\n")
@@ -568,17 +639,24 @@ def main(argv=None) -> None:
             say_twice(job_err, f"dask-pbs: {exc}\n")
             sys.exit(4)
     os.close(job_err)
+    # Dask read its configuration at the import: what was set here since (the nanny's
+    # multiprocessing method, the job's size) must reach it.
+    config_late(environ_at_start)
     run_dask(command, role, dask_args)
 
 
 TASK_SETUP_USAGE = """usage: kit.py task-setup role=worker|scheduler [node=NODE] [interface=auto first=FIRST_NODE
                      [scheduler_file=FILE timeout=SECONDS]] [memory=BYTES|auto host_procs=P
-                     reserve_ppm=N reserve_bytes=N]
+                     reserve_ppm=N reserve_bytes=N] [plan=PLAN_FILE chunk=C line=L]
 
 What a pbsdsh task needs to know of its node before Dask starts, in one call: with
 interface=auto, a line `interface NAME ADDRESS HOW` (kit.py interface's choice; a worker
 may wait up to SECONDS for FILE); for a worker, a line `memory BYTES<TAB>WHY` (kit.py
-host-memory's limit). exit status: 0, 2 usage, 7 too little memory, 11 no interface"""
+host-memory's limit). A worker started before the plan (plan=, chunk=, line=) first waits
+up to SECONDS for PLAN_FILE and takes its memory settings from chunk C's row at line L,
+with a line `args --nthreads N --name chunk-C --nworkers P`, or prints only `no-worker`
+when the plan has no such row. exit status: 0, 2 usage, 3 no plan within SECONDS, 7 too
+little memory, 11 no interface"""
 
 
 def cli(argv: list) -> None:
@@ -591,6 +669,13 @@ def cli(argv: list) -> None:
         raise KitError(f"{exc}\n{TASK_SETUP_USAGE}", USAGE) from None
     if settings.get("role") not in ("worker", "scheduler"):
         raise KitError(f"role must be worker or scheduler\n{TASK_SETUP_USAGE}", USAGE)
+    if settings.get("plan"):
+        taken = take_plan_row(settings, [], args.number(settings.get("timeout", "120"), "timeout"))
+        if taken is None:
+            print("no-worker")
+            return
+        settings, row_args = taken
+        print("args " + " ".join(row_args))
     chosen, limit = node_facts(settings)
     if chosen:
         print("interface " + " ".join(chosen))

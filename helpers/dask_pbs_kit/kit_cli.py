@@ -78,7 +78,8 @@ year without --walltime (the job starts this before it knows its walltime, and d
 the keys when it ends). Uses openssl, else the cryptography package."""
 
 JOB_SETUP_USAGE = """usage: kit.py job-setup --env-file PATH --plan-file PATH [--tls FOLDER [--name LABEL]]
-                        [--initial-from PID] [--say-scheduler-may-start] [-- PLAN OPTIONS...]
+                        [--initial-from PID] [--say-scheduler-may-start [--say-workers-may-start]]
+                        [-- PLAN OPTIONS...]
 
 What the job script needs before it starts a task, in one Python start: the launch plan
 (as `plan` with PLAN OPTIONS, written to --plan-file in one rename), the task environment
@@ -89,6 +90,11 @@ exists, while the certificates and the plan are still in the making, print
 `scheduler-may-start<TAB>0<TAB>NODE` on stdout (NODE: the first line of $PBS_NODEFILE,
 where PBS puts chunk 0 and the plan the scheduler; the job starts it there at once, and
 it waits for the certificates and the plan's size: task.sh's tls_pending and workers).
+--say-workers-may-start: right after it, when no two consecutive lines of $PBS_NODEFILE
+are the same host (each line then one chunk, as PBS Pro writes one line per chunk of
+mpiprocs=1, its default), `worker-may-start<TAB>LINE<TAB>NODE` for each line from 1 on:
+the job starts a worker task there at once, which takes chunk LINE's row of the plan once
+Dask is imported, or ends if the plan has none (task.sh's plan, chunk and line).
 Each one's error goes to stderr; the status is the first failure's, 0 if none."""
 
 
@@ -174,7 +180,8 @@ def job_setup(argv: list) -> int:
     opts, plan_argv = args.parse(argv, {"--env-file": "value", "--plan-file": "value",
                                         "--tls": "value", "--name": "value",
                                         "--initial-from": "value",
-                                        "--say-scheduler-may-start": "flag"}, JOB_SETUP_USAGE)
+                                        "--say-scheduler-may-start": "flag",
+                                        "--say-workers-may-start": "flag"}, JOB_SETUP_USAGE)
     absent = [name for name in ("--env-file", "--plan-file") if name not in opts]
     if absent:
         raise KitError(f"missing {', '.join(absent)}\n{JOB_SETUP_USAGE}", USAGE)
@@ -209,7 +216,7 @@ def job_setup(argv: list) -> int:
     initial = ["--initial-from", opts["--initial-from"]] if "--initial-from" in opts else []
     attempt("env-file", lambda: env_file([*initial, opts["--env-file"]]))
     if opts.get("--say-scheduler-may-start") and "env-file" not in failures:
-        say_scheduler_may_start()
+        say_may_start(bool(opts.get("--say-workers-may-start")))
     if making is not None:
         making.join()
     planning.join()
@@ -219,17 +226,33 @@ def job_setup(argv: list) -> int:
     return told[0].code if told else 0
 
 
-def say_scheduler_may_start(environ=os.environ) -> None:
-    """job-setup's early line: the scheduler's node-file line and node, where PBS runs the
-    job script (chunk 0's first line); nothing when the node file cannot be read (the
-    plan then says why)."""
+def say_may_start(workers: bool, environ=os.environ) -> None:
+    """job-setup's early lines: the scheduler's node-file line and node, where PBS runs the
+    job script (chunk 0's first line); with workers, each later line's when no two
+    consecutive lines are the same host (early_worker_lines). Nothing when the node file
+    cannot be read (the plan then says why)."""
     from . import job_resources
 
     try:
-        node = job_resources.read_nodefile(environ.get("PBS_NODEFILE", ""))[0]
-    except (KitError, IndexError):
+        lines = job_resources.read_nodefile(environ.get("PBS_NODEFILE", ""))
+    except KitError:
         return
-    print(f"scheduler-may-start\t0\t{node}", flush=True)
+    if not lines:
+        return
+    said = [f"scheduler-may-start\t0\t{lines[0]}"]
+    if workers:
+        said += [f"worker-may-start\t{i}\t{lines[i]}" for i in early_worker_lines(lines)]
+    print("\n".join(said), flush=True)
+
+
+def early_worker_lines(lines: list) -> list:
+    """The node-file lines where a worker task may start before the plan, each guessed to
+    be the chunk of its number: every line from 1 on, when no two consecutive lines are the
+    same host (PBS Pro writes mpiprocs lines per chunk, 1 by default); none otherwise (a
+    chunk of several lines, or chunks sharing a host: only the plan tells them apart)."""
+    if any(a == b for a, b in zip(lines, lines[1:])):
+        return []
+    return list(range(1, len(lines)))
 
 
 # Commands whose code lives in a module of their own: the module loads only when its

@@ -232,9 +232,9 @@ dpk::prepare() {
 # certificates; empty: none), DPK_TASK_TLS (the certificates the tasks use; empty: plain
 # tcp), the plan (dpk::parse_plan) and, once the scheduler runs, its task (DPK_T_*).
 dpk::read_job() {
-  local fd line status=""
-  local -a plan_mode=() tls=() early=(--say-scheduler-may-start)
-  DPK_TLS_DIR="" DPK_TASK_TLS=""
+  local fd line status="" early_line early_node
+  local -a plan_mode=() tls=() early=(--say-scheduler-may-start --say-workers-may-start)
+  DPK_TLS_DIR="" DPK_TASK_TLS="" DPK_EARLY=()
   if [[ $DPK_MODE == workers ]]; then
     # The cluster's own certificates (never this job's to delete), its TLS or not; the
     # nannies' preload (dask_pbs_kit.grow) from the kit's helpers.
@@ -262,10 +262,16 @@ dpk::read_job() {
         DPK_P_SCHED_CHUNK=0
         dpk::start_scheduler
         ;;
+      worker-may-start$'\t'*)
+        IFS=$'\t' read -r _ early_line early_node <<<"$line"
+        dpk::start_early_worker "$early_line" "$early_node"
+        ;;
       "status "*) status=${line#status } ;;
     esac
   done
   exec {fd}<&-
+  [[ ${#DPK_EARLY[@]} -eq 0 ]] ||
+    dpk::log "started ${#DPK_EARLY[@]} worker tasks before the plan, one per line of \$PBS_NODEFILE from line 1 (each takes its chunk's row of the plan)"
   dpk::relay "$DPK_F_ERR.setup.err"
   # The helper has said what is wrong (the EXIT trap stops a scheduler it let start).
   [[ $status == 0 ]] || dpk::die "the job could not be prepared (see the message above; logs in $LOG_DIR/)"
@@ -361,17 +367,25 @@ dpk::start_scheduler() {
 # pbsdsh, DPK_T_LINE, DPK_T_NODE, DPK_T_PIDFILE, DPK_T_LOG, DPK_T_WATCH for the
 # readiness check).
 dpk::start_workers() {
-  local i label
-  local -a args extra gpu board=()
-  # The workers' own dashboards (their pages, linked from the scheduler's) follow DASHBOARD.
-  case $DASHBOARD in
-    loopback) board=(--dashboard-address 127.0.0.1:0) ;;
-    off) board=(--no-dashboard) ;;
-  esac
-  read -r -a extra <<<"$EXTRA_WORKER_ARGS"
+  local i label early now
+  local -a args gpu
+  dpk::worker_args
   for i in "${!DPK_P_W_CHUNK[@]}"; do
-    label=${DPK_P_W_CHUNK[i]} gpu=()
-    args=(--scheduler-file "$DPK_F_JOB_SCHEDULER" --nthreads "${DPK_P_W_THREADS[i]}" "${board[@]}")
+    label=${DPK_P_W_CHUNK[i]} gpu=() early=${DPK_EARLY[${DPK_P_W_CHUNK[i]}]:-}
+    if [[ -z ${DPK_P_W_GPU[i]} && -n $early ]]; then
+      unset "DPK_EARLY[${DPK_P_W_CHUNK[i]}]"
+      if [[ ${DPK_P_W_LINE[i]} == "${DPK_P_W_CHUNK[i]}" ]]; then
+        # Started before the plan on this chunk's line: it takes this row itself.
+        DPK_T_WATCH+=(--watch "worker:$label:${DPK_P_W_NODE[i]}:${DPK_T_PID[early]}:${DPK_T_LOG[early]}:${DPK_P_W_NPROC[i]}")
+        continue
+      fi
+      # The guess was wrong (a chunk of no node-file line before it): that task ends on
+      # its own once it reads the plan; this chunk's task takes its log's name after it.
+      dpk::now_us now
+      dpk::wait_gone "${DPK_T_PID[early]}" "$((now + READY_TIMEOUT * 1000000))" ||
+        dpk::die "the worker task started before the plan on line ${DPK_T_LINE[early]} did not end (see ${DPK_T_LOG[early]})"
+    fi
+    args=(--scheduler-file "$DPK_F_JOB_SCHEDULER" --nthreads "${DPK_P_W_THREADS[i]}" "${DPK_W_BOARD[@]}")
     if [[ -n ${DPK_P_W_GPU[i]} ]]; then
       # One task per GPU: it sees only its own device (task.sh asks kit.py gpu which).
       label=${DPK_P_W_CHUNK[i]}-gpu${DPK_P_W_GPU[i]}
@@ -385,7 +399,7 @@ dpk::start_workers() {
     dpk::start_task worker "$label" "${DPK_P_W_LINE[i]}" "${DPK_P_W_NODE[i]}" \
       "${DPK_P_W_NPROC[i]}" memory="${DPK_P_W_MEMORY[i]}" host_procs="${DPK_P_W_HOST_PROCS[i]}" \
       reserve_ppm="${DPK_P_W_PPM[i]}" reserve_bytes="${DPK_P_W_BYTES[i]}" workers="$DPK_P_EXPECTED" \
-      "${gpu[@]}" -- "${args[@]}" "${extra[@]}"
+      "${gpu[@]}" -- "${args[@]}" "${DPK_W_EXTRA[@]}"
   done
   dpk::log_workers
 }
@@ -413,7 +427,31 @@ dpk::start_task() {
     omp="$WORKER_OMP_THREADS" "$@" >"$log.pbsdsh" 2>&1 &
   DPK_T_PID+=("$!") DPK_T_LINE+=("$line") DPK_T_NODE+=("$node") DPK_T_PIDFILE+=("$pid_file")
   DPK_T_LOG+=("$log")
-  DPK_T_WATCH+=(--watch "$role:$chunk:$node:$!:$log:$nproc")
+  # No NPROC: a worker started before the plan, watched once the plan tells its size.
+  [[ -z $nproc ]] || DPK_T_WATCH+=(--watch "$role:$chunk:$node:$!:$log:$nproc")
+}
+
+# The workers' arguments every chunk shares. Sets DPK_W_BOARD (their dashboards: pages
+# linked from the scheduler's, following DASHBOARD) and DPK_W_EXTRA (EXTRA_WORKER_ARGS).
+dpk::worker_args() {
+  DPK_W_BOARD=()
+  case $DASHBOARD in
+    loopback) DPK_W_BOARD=(--dashboard-address 127.0.0.1:0) ;;
+    off) DPK_W_BOARD=(--no-dashboard) ;;
+  esac
+  read -r -a DPK_W_EXTRA <<<"$EXTRA_WORKER_ARGS"
+}
+
+# A worker task on node-file line $1 (node $2), started while job-setup still waits for
+# qstat, guessed to be chunk $1's (kit.py job-setup --say-workers-may-start): task.sh's
+# plan, chunk and line; dask_start gives it the row's --nthreads, --name, --nworkers and
+# memory, once Dask is imported. Sets DPK_EARLY[$1] to its index in DPK_T_*; its readiness
+# watch comes with the plan (dpk::start_workers).
+dpk::start_early_worker() {
+  dpk::worker_args
+  DPK_EARLY[$1]=${#DPK_T_PID[@]}
+  dpk::start_task worker "$1" "$1" "$2" "" plan="$DPK_F_PLAN" chunk="$1" line="$1" \
+    tls_pending=yes -- --scheduler-file "$DPK_F_JOB_SCHEDULER" "${DPK_W_BOARD[@]}" "${DPK_W_EXTRA[@]}"
 }
 
 # Say what runs where, in one line of the job's log (and the banner's `workers:` line):

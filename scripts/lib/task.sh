@@ -20,9 +20,13 @@
 #   from 200 on, Dask's connect timeout and the scheduler's listen backlog follow the job's
 #   size, see dask_start.size_for)  tls_pending=yes (the scheduler, started while job-setup
 #   makes the certificates: they are waited for, at most timeout, once Dask is imported)
+#   plan=PLAN_FILE chunk=C line=L (a worker started before the plan, on line L of the node
+#   file, guessed to be chunk C's: once Dask is imported it takes the plan's worker row of
+#   chunk C at line L, its memory settings and --nthreads/--name/--nworkers; it ends, status
+#   0, when the plan has none: the job starts that chunk's tasks itself)
 #   GPU workers only: gpu=I gpus=N (its entry of this host's N devices) chunk_gpus=G
 #   worker_command=auto|dask-worker|dask-cuda-worker cuda_args="ARGS" (for dask cuda worker)
-# Exit status: 2 usage; 3 no usable interface; 4 environment or certificates unreadable;
+# Exit status: 2 usage; 3 no usable interface; 4 environment, certificates or plan unreadable;
 # 7 too little memory; 20 no GPU for a GPU worker; 127 no dask command.
 set -uo pipefail
 started=${EPOCHREALTIME:-}  # bash 5: the task's line says how long its start took
@@ -30,12 +34,12 @@ started=${EPOCHREALTIME:-}  # bash 5: the task's line says how long its start to
 role="" env="" log=/dev/null pid="" node="?" kit="" python=python3 interface="" iface=""
 first="" scheduler_file="" timeout=120 tls="" omp=1 memory=auto host_procs=1 reserve_ppm=0
 reserve_bytes=0 workers="" gpu="" gpus="" chunk_gpus="" worker_command=auto cuda_args=""
-tls_pending=""
+tls_pending="" plan="" chunk="" line=""
 while [[ $# -gt 0 && $1 != -- ]]; do
   case ${1%%=*} in
     role | env | log | pid | node | kit | python | interface | iface | first | scheduler_file | \
       timeout | tls | omp | memory | host_procs | reserve_ppm | reserve_bytes | workers | gpu | \
-      gpus | chunk_gpus | worker_command | cuda_args | tls_pending)
+      gpus | chunk_gpus | worker_command | cuda_args | tls_pending | plan | chunk | line)
       printf -v "${1%%=*}" '%s' "${1#*=}"
       ;;
     *)
@@ -170,7 +174,8 @@ if [[ -n $dask_python ]]; then
     "$kit/helpers" role="$role" node="$node" log="$log" iface="$iface" interface="$interface" \
     first="$first" scheduler_file="$scheduler_file" timeout="$timeout" memory="$memory" \
     host_procs="$host_procs" reserve_ppm="$reserve_ppm" reserve_bytes="$reserve_bytes" \
-    started="$started" script="$dask_script" workers="$workers" tls="$tls" tls_pending="$tls_pending" -- "$@"
+    started="$started" script="$dask_script" workers="$workers" tls="$tls" tls_pending="$tls_pending" \
+    plan="$plan" chunk="$chunk" line="$line" -- "$@"
 fi
 
 # The other path (dask's Python unknown): the certificates come before the Dask command.
@@ -188,23 +193,35 @@ await_certificates() {
 # The other path: one helper call for the interface (auto) and a worker's memory limit.
 how=""
 if [[ $interface == auto || $role == worker ]]; then
+  plan_row=()
+  [[ -z $plan ]] || plan_row=(plan="$plan" chunk="$chunk" line="$line")
   facts=$("$python" "$kit/helpers/kit.py" task-setup role="$role" node="$node" interface="$interface" \
     first="$first" scheduler_file="$scheduler_file" timeout="$timeout" memory="$memory" \
-    host_procs="$host_procs" reserve_ppm="$reserve_ppm" reserve_bytes="$reserve_bytes" 2>&1) || {
+    host_procs="$host_procs" reserve_ppm="$reserve_ppm" reserve_bytes="$reserve_bytes" \
+    "${plan_row[@]}" 2>&1) || {
     status=$?
     [[ $status -eq 11 ]] && fail 3 "node $node: ${facts#dask-pbs: }"
+    [[ $status -eq 3 ]] && fail 4 "node $node: ${facts#dask-pbs: }"
     fail 7 "node $node: ${facts#dask-pbs: }"
   }
-  while IFS= read -r line; do
-    case $line in
+  while IFS= read -r fact; do
+    case $fact in
+      no-worker)
+        echo "dask-pbs: node $node: the plan has no worker of chunk $chunk on line $line of \$PBS_NODEFILE: this task ends (the job starts that chunk's tasks where the plan puts them)" >>"$log"
+        exit 0
+        ;;
+      "args "*)
+        read -r -a row <<<"${fact#args }"
+        set -- "${row[@]}" "$@"
+        ;;
       "interface "*)
-        read -r _ interface address how_chosen <<<"$line"
+        read -r _ interface address how_chosen <<<"$fact"
         printf '%s %s %s %s\n' "$node" "$interface" "$address" "$how_chosen" >"$iface"
         how+=", interface $interface $address ($how_chosen, INTERFACE=auto)"
         set -- --interface "$interface" "$@"
         ;;
       "memory "*)
-        limit=${line#memory }
+        limit=${fact#memory }
         how+=", memory limit ${limit%%$'\t'*} bytes per process (${limit#*$'\t'})"
         set -- --memory-limit "${limit%%$'\t'*}" "$@"
         ;;

@@ -87,6 +87,27 @@ print(len(ports), sorted({status(p) for p in ports}))
   run cat "dask-logs/$JOBID/worker-2.log"
   [[ ${lines[0]} == "dask-pbs: worker on node node02 (pid "*", interface lo 127.0.0.1 (host-name, INTERFACE=auto), memory limit 966367642 bytes per process (the chunk's share of its mem=)) at "*" s after task.sh began)" ]]
   [ "$(cat "dask-logs/$JOBID/worker-2.iface")" = "node02 lo 127.0.0.1 host-name" ]
+  # They started before the plan: one helper call took their rows too.
+  grep -q "started 2 worker tasks before the plan" "dask-logs/$JOBID/job.log"
+  stop_cluster
+}
+
+# One line per chunk in the node file: a worker task starts on each line before the plan,
+# guessed to be chunk LINE's. Chunk 1 has no line (mpiprocs=0, on a host the node file
+# does not name): line 1 is chunk 2's, line 2 chunk 3's.
+@test "worker tasks started before the plan where it puts other chunks end, and every chunk starts where it says" {
+  start_cluster -l select=1:ncpus=1:mem=1gb+1:ncpus=1:mpiprocs=0:mem=1gb+2:ncpus=1:mem=1gb -l walltime=00:03:00 \
+    -v WORKER_ON_SCHEDULER_CHUNK=no
+  run with_client 'print(sorted((w["name"], w["nthreads"]) for w in client.scheduler_info(n_workers=-1)["workers"].values()))'
+  [ "$output" = "[('chunk-2', 1), ('chunk-3', 1)]" ]
+  grep -q "started 2 worker tasks before the plan" "dask-logs/$JOBID/job.log"
+  [ "$(cat "dask-logs/$JOBID/worker-1.log")" = "dask-pbs: node node02: the plan has no worker of chunk 1 on line 1 of \$PBS_NODEFILE: this task ends (the job starts that chunk's tasks where the plan puts them)" ]
+  # Chunk 2's own task started on line 1 once the guessed one (line 2) had ended: its log is
+  # the real worker's alone.
+  run cat "dask-logs/$JOBID/worker-2.log"
+  [[ ${lines[0]} == "dask-pbs: worker on node node02 (pid "* ]]
+  [[ $output != *"the plan has no worker"* ]]
+  [[ "$(cat "dask-logs/$JOBID/worker-3.log")" == "dask-pbs: worker on node node03 (pid "* ]]
   stop_cluster
 }
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import DASK, KIT
 from dask_pbs_kit import dask_start as ds
 from dask_pbs_kit import kit_cli
-from dask_pbs_kit.errors import BAD_VALUE, USAGE, KitError
+from dask_pbs_kit.errors import BAD_VALUE, MISSING, USAGE, KitError
 
 KIT_PY = str(KIT / "helpers" / "kit.py")
 PRELOAD = str(KIT / "scripts" / "lib" / "scheduler_preload.py")
@@ -621,3 +621,112 @@ def test_a_scheduler_whose_certificates_never_come_fails_on_the_jobs_stderr(tmp_
                    "(is the submit folder shared with the compute nodes?)\n")
     assert err in (logs / "scheduler-0.log").read_text()
     assert not (logs / "scheduler.json").exists()
+
+
+# ------------------------------------------------------------------ a worker started before the plan
+
+def test_an_early_worker_takes_its_chunks_row_once_the_plan_comes(tmp_path):
+    plan = tmp_path / "plan.tsv"
+    settings = {"role": "worker", "plan": str(plan), "chunk": "1", "line": "1", "memory": "auto"}
+    fake = FakeClock(lambda: plan.write_text(PLAN), at=0.4)
+    taken, dask_args = ds.take_plan_row(settings, ["--scheduler-file", "s.json", "--nthreads", "9"], 120,
+                                        fake.clock, fake.nap)
+    assert 0.4 <= fake.now < 0.41
+    assert taken == dict(settings, memory="auto", host_procs="4", reserve_ppm="0", reserve_bytes="0", workers="6")
+    # The row's options first: the job's own (EXTRA_WORKER_ARGS) come last and win.
+    assert dask_args == ["--nthreads", "1", "--name", "chunk-1", "--nworkers", "4", "--scheduler-file", "s.json",
+                         "--nthreads", "9"]
+
+
+@pytest.mark.parametrize("chunk, line", [("2", "2"), ("1", "2"), ("2", "1"), ("0", "0")])
+def test_an_early_worker_whose_line_is_no_cpu_worker_of_its_chunk_has_no_row(tmp_path, chunk, line):
+    """A GPU chunk's line (its tasks are one per GPU), a wrong guess, the scheduler's line."""
+    plan = tmp_path / "plan.tsv"
+    plan.write_text(PLAN)
+    assert ds.take_plan_row({"plan": str(plan), "chunk": chunk, "line": line}, [], 1) is None
+
+
+def test_an_early_worker_whose_plan_never_comes_fails_after_its_timeout(tmp_path):
+    fake = FakeClock()
+    with pytest.raises(KitError, match=r"the job's launch plan .*/plan.tsv did not come within 3 s") as err:
+        ds.take_plan_row({"plan": str(tmp_path / "plan.tsv"), "chunk": "1", "line": "1"}, [], 3,
+                         fake.clock, fake.nap)
+    assert err.value.code == MISSING
+    assert 3 <= fake.now < 3.01
+
+
+def test_the_size_known_after_daskss_import_reaches_its_configuration(monkeypatch):
+    import copy
+
+    import dask.config
+
+    saved = copy.deepcopy(dask.config.config)
+    environ = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP": "31s"}
+    before = dict(environ)
+    try:
+        environ.update(DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="57s", OTHER="x")
+        environ["DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP"] = "31s"  # unchanged: not applied again
+        ds.config_late(before, environ)
+        assert dask.config.get("distributed.comm.timeouts.connect") == "57s"
+        assert dask.config.get("distributed.comm.timeouts.tcp") == saved["distributed"]["comm"]["timeouts"]["tcp"]
+    finally:
+        dask.config.config.clear()
+        dask.config.config.update(saved)
+
+
+def test_task_setup_takes_an_early_workers_row(tmp_path, capsys):
+    plan = tmp_path / "plan.tsv"
+    plan.write_text(PLAN)
+    row = [f"plan={plan}", "line=1"]
+    assert kit_cli.main(["task-setup", "role=worker", "chunk=1", *row]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "args --nthreads 1 --name chunk-1 --nworkers 4"
+    assert out[1].startswith("memory ") and "divided among the 4 " in out[1] or len(out) == 2
+    assert kit_cli.main(["task-setup", "role=worker", "chunk=2", *row]) == 0
+    assert capsys.readouterr().out == "no-worker\n"
+    plan.unlink()
+    assert kit_cli.main(["task-setup", "role=worker", "chunk=1", "timeout=0", *row]) == MISSING
+    assert "did not come within 0 s" in capsys.readouterr().err
+
+
+def test_an_early_worker_joins_with_its_rows_settings_or_ends_without_one(tmp_path, job):
+    logs, env = job
+    plan = logs / "plan.tsv"
+    procs = []
+    try:
+        sched = launch(tmp_path, "scheduler", {"node": "node00", "log": logs / "scheduler-0.log"},
+                       ["--scheduler-file", str(logs / "scheduler.json"), "--port", "0", "--no-dashboard",
+                        "--preload", PRELOAD], env)
+        procs.append(sched)
+        early = {"node": "node01", "plan": plan, "scheduler_file": logs / "scheduler.json", "timeout": "60"}
+        worker_args = ["--scheduler-file", str(logs / "scheduler.json"), "--local-directory", str(tmp_path),
+                       "--no-dashboard"]
+        procs.append(launch(tmp_path, "worker", dict(early, log=logs / "worker-1.log", chunk="1", line="1"),
+                            worker_args, env))
+        gpu_line = launch(tmp_path, "worker", dict(early, log=logs / "worker-2.log", chunk="2", line="2"),
+                          worker_args, env)
+        procs.append(gpu_line)
+        time.sleep(0.5)  # both import Dask, waiting for the plan
+        assert procs[1].poll() is None and gpu_line.poll() is None
+        plan.write_text(PLAN.replace("\tauto\t4\t", f"\t{GiB}\t4\t"))
+        assert gpu_line.wait(timeout=60) == 0
+        assert (logs / "worker-2.log").read_text() == (
+            "dask-pbs: node node01: the plan has no worker of chunk 2 on line 2 of $PBS_NODEFILE: this task "
+            "ends (the job starts that chunk's tasks where the plan puts them)\n")
+        wait_for(lambda: (logs / "workers.txt").exists() and len((logs / "workers.txt").read_text().split()) == 4,
+                 "4 worker processes on the roll")
+        assert sorted((logs / "workers.txt").read_text().split()) == [f"chunk-1-{k}" for k in range(4)]
+        # Its worker processes are forks of its forkserver, itself a fork of the nanny: the
+        # multiprocessing method set after Dask's import reached Dask's configuration.
+        tree = descendants(procs[1].pid, 1)
+        servers = [pid for pid, cmd in tree if is_forkserver(cmd)]
+        assert len(servers) == 1 and "forkserver import main" not in dict(tree)[servers[0]], tree
+        assert len(descendants(servers[0], 1)) == 4
+        text = (logs / "worker-1.log").read_text()
+        assert ", memory limit 1073741824 bytes per process (the chunk's share of its mem=)) at " in text
+        assert len(re.findall(r"Threads: +1\n", text)) == 4
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+    for proc in procs:
+        assert "Traceback" not in proc.stderr.read()

@@ -500,10 +500,11 @@ def test_job_setup_says_the_scheduler_may_start_before_qstat_has_answered(fake_q
     setup = subprocess.Popen(
         [sys.executable, str(KIT / "helpers" / "kit.py"), "job-setup", "--env-file", str(fake_qstat / "env.sh"),
          "--plan-file", str(fake_qstat / "plan.tsv"), "--initial-from", str(os.getpid()),
-         "--say-scheduler-may-start", "--", "--nworkers", "2"],
+         "--say-scheduler-may-start", "--say-workers-may-start", "--", "--nworkers", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert setup.stdout.readline() == "scheduler-may-start\t0\tn0\n"
+        assert [setup.stdout.readline() for _ in range(3)] == [
+            "scheduler-may-start\t0\tn0\n", "worker-may-start\t1\tn1\n", "worker-may-start\t2\tn2\n"]
         assert (fake_qstat / "env.sh").exists() and not (fake_qstat / "plan.tsv").exists()
     finally:
         go.write_text("")
@@ -524,6 +525,25 @@ def test_job_setup_says_nothing_early_when_env_sh_cannot_be_written_or_the_node_
     assert kit_cli.main(argv + ["--env-file", str(fake_qstat / "env.sh")]) != 0
     out = capsys.readouterr()
     assert out.out == "" and "cannot read $PBS_NODEFILE" in out.err
+
+
+def test_workers_start_early_only_where_each_node_file_line_is_a_chunk():
+    assert kit_cli.early_worker_lines(["n0", "n1", "n2", "n1"]) == [1, 2, 3]
+    assert kit_cli.early_worker_lines(["n0"]) == []
+    # A chunk of several lines (mpiprocs, NASA NAS builds), or two chunks on one host
+    # (place=pack): only the plan tells which line starts which chunk.
+    assert kit_cli.early_worker_lines(["n0", "n1", "n1", "n2"]) == []
+    assert kit_cli.early_worker_lines(["n0", "n0", "n1"]) == []
+
+
+def test_job_setup_says_no_worker_may_start_unless_asked_or_where_lines_repeat(fake_qstat, capsys):
+    argv = ["job-setup", "--env-file", str(fake_qstat / "env.sh"), "--plan-file", str(fake_qstat / "plan.tsv"),
+            "--say-scheduler-may-start"]
+    assert kit_cli.main(argv) == 0
+    assert capsys.readouterr().out == "scheduler-may-start\t0\tn0\n"
+    (fake_qstat / "nodes").write_text("n0\nn1\nn1\n")
+    assert kit_cli.main(argv + ["--say-workers-may-start"]) == 0
+    assert capsys.readouterr().out == "scheduler-may-start\t0\tn0\n"
 
 
 def test_job_setup_needs_both_files(capsys):
