@@ -270,8 +270,11 @@ dpk::read_job() {
     esac
   done
   exec {fd}<&-
-  [[ ${#DPK_EARLY[@]} -eq 0 ]] ||
-    dpk::log "started ${#DPK_EARLY[@]} worker tasks before the plan, one per line of \$PBS_NODEFILE from line 1 (each takes its chunk's row of the plan)"
+  case ${#DPK_EARLY[@]} in
+    0) ;;
+    1) dpk::log "started 1 worker task before the plan, on line 1 of \$PBS_NODEFILE (it takes its chunk's row of the plan)" ;;
+    *) dpk::log "started ${#DPK_EARLY[@]} worker tasks before the plan, one per line of \$PBS_NODEFILE from line 1 (each takes its chunk's row of the plan)" ;;
+  esac
   dpk::relay "$DPK_F_ERR.setup.err"
   # The helper has said what is wrong (the EXIT trap stops a scheduler it let start).
   [[ $status == 0 ]] || dpk::die "the job could not be prepared (see the message above; logs in $LOG_DIR/)"
