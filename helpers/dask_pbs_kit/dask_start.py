@@ -558,11 +558,17 @@ def early_worker(settings: dict, dask_args: list, timeout: float, job_err: int) 
         say_twice(job_err, f"dask-pbs: node {node}: {exc}\n")
         sys.exit(4)
     if taken is None:
-        print(f"dask-pbs: node {node}: the plan has no worker of chunk {settings.get('chunk')} on line "
-              f"{settings.get('line')} of $PBS_NODEFILE: this task ends (the job starts that "
-              "chunk's tasks where the plan puts them)", flush=True)
+        print(no_row_line(settings), flush=True)
         sys.exit(0)
     return taken
+
+
+def no_row_line(settings: dict) -> str:
+    """The log line of an early worker whose line the plan gives no worker of its chunk
+    (here, and task.sh's for task-setup's `no-worker`)."""
+    return (f"dask-pbs: node {settings.get('node', '?')}: the plan has no worker of chunk "
+            f"{settings.get('chunk')} on line {settings.get('line')} of $PBS_NODEFILE: this task ends "
+            "(the job starts that chunk's tasks where the plan puts them)")
 
 
 def config_late(before: dict, environ=os.environ) -> None:
@@ -654,8 +660,8 @@ interface=auto, a line `interface NAME ADDRESS HOW` (kit.py interface's choice; 
 may wait up to SECONDS for FILE); for a worker, a line `memory BYTES<TAB>WHY` (kit.py
 host-memory's limit). A worker started before the plan (plan=, chunk=, line=) first waits
 up to SECONDS for PLAN_FILE and takes its memory settings from chunk C's row at line L,
-with a line `args --nthreads N --name chunk-C --nworkers P`, or prints only `no-worker`
-when the plan has no such row. exit status: 0, 2 usage, 3 no plan within SECONDS, 7 too
+with a line `args --nthreads N --name chunk-C --nworkers P`, or prints only `no-worker
+LINE` (the line for the task's log) when the plan has no such row. exit status: 0, 2 usage, 3 no plan within SECONDS, 7 too
 little memory, 11 no interface"""
 
 
@@ -672,7 +678,7 @@ def cli(argv: list) -> None:
     if settings.get("plan"):
         taken = take_plan_row(settings, [], args.number(settings.get("timeout", "120"), "timeout"))
         if taken is None:
-            print("no-worker")
+            print("no-worker " + no_row_line(settings))
             return
         settings, row_args = taken
         print("args " + " ".join(row_args))

@@ -235,6 +235,7 @@ dpk::read_job() {
   local fd line status="" early_line early_node
   local -a plan_mode=() tls=() early=(--say-scheduler-may-start --say-workers-may-start)
   DPK_TLS_DIR="" DPK_TASK_TLS="" DPK_EARLY=()
+  dpk::worker_args
   if [[ $DPK_MODE == workers ]]; then
     # The cluster's own certificates (never this job's to delete), its TLS or not; the
     # nannies' preload (dask_pbs_kit.grow) from the kit's helpers.
@@ -366,17 +367,15 @@ dpk::start_scheduler() {
 }
 
 # Start the worker processes of every worker chunk.
-# Reads: the plan, knobs, DPK_F_*. Appends to DPK_T_* (one entry per task: DPK_T_PID its
-# pbsdsh, DPK_T_LINE, DPK_T_NODE, DPK_T_PIDFILE, DPK_T_LOG, DPK_T_WATCH for the
-# readiness check).
+# Reads: the plan, knobs, DPK_F_*, DPK_W_* and DPK_EARLY (dpk::read_job). Appends to
+# DPK_T_* (one entry per task: DPK_T_PID its pbsdsh, DPK_T_LINE, DPK_T_NODE,
+# DPK_T_PIDFILE, DPK_T_LOG, DPK_T_WATCH for the readiness check).
 dpk::start_workers() {
   local i label early now
   local -a args gpu
-  dpk::worker_args
   for i in "${!DPK_P_W_CHUNK[@]}"; do
     label=${DPK_P_W_CHUNK[i]} gpu=() early=${DPK_EARLY[${DPK_P_W_CHUNK[i]}]:-}
     if [[ -z ${DPK_P_W_GPU[i]} && -n $early ]]; then
-      unset "DPK_EARLY[${DPK_P_W_CHUNK[i]}]"
       if [[ ${DPK_P_W_LINE[i]} == "${DPK_P_W_CHUNK[i]}" ]]; then
         # Started before the plan on this chunk's line: it takes this row itself.
         DPK_T_WATCH+=(--watch "worker:$label:${DPK_P_W_NODE[i]}:${DPK_T_PID[early]}:${DPK_T_LOG[early]}:${DPK_P_W_NPROC[i]}")
@@ -448,10 +447,10 @@ dpk::worker_args() {
 # A worker task on node-file line $1 (node $2), started while job-setup still waits for
 # qstat, guessed to be chunk $1's (kit.py job-setup --say-workers-may-start): task.sh's
 # plan, chunk and line; dask_start gives it the row's --nthreads, --name, --nworkers and
-# memory, once Dask is imported. Sets DPK_EARLY[$1] to its index in DPK_T_*; its readiness
-# watch comes with the plan (dpk::start_workers).
+# memory, once Dask is imported. Reads DPK_W_* (dpk::worker_args, once per job). Sets
+# DPK_EARLY[$1] to its index in DPK_T_*; its readiness watch comes with the plan
+# (dpk::start_workers).
 dpk::start_early_worker() {
-  dpk::worker_args
   DPK_EARLY[$1]=${#DPK_T_PID[@]}
   dpk::start_task worker "$1" "$1" "$2" "" plan="$DPK_F_PLAN" chunk="$1" line="$1" \
     tls_pending=yes -- --scheduler-file "$DPK_F_JOB_SCHEDULER" "${DPK_W_BOARD[@]}" "${DPK_W_EXTRA[@]}"

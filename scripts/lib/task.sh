@@ -206,8 +206,8 @@ if [[ $interface == auto || $role == worker ]]; then
   }
   while IFS= read -r fact; do
     case $fact in
-      no-worker)
-        echo "dask-pbs: node $node: the plan has no worker of chunk $chunk on line $line of \$PBS_NODEFILE: this task ends (the job starts that chunk's tasks where the plan puts them)" >>"$log"
+      "no-worker "*)
+        echo "${fact#no-worker }" >>"$log"
         exit 0
         ;;
       "args "*)

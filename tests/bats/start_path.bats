@@ -111,6 +111,16 @@ print(len(ports), sorted({status(p) for p in ports}))
   stop_cluster
 }
 
+@test "on task.sh's other path (a dask wrapper), a worker task the plan has no row for ends the same way" {
+  fake_prefix wrapper
+  start_cluster -l select=1:ncpus=1:mem=1gb+1:ncpus=1:mpiprocs=0:mem=1gb+2:ncpus=1:mem=1gb -l walltime=00:03:00 \
+    -v "PYTHON_PREFIX=$BATS_TEST_TMPDIR/prefix,WORKER_ON_SCHEDULER_CHUNK=no"
+  run with_client 'print(sorted((w["name"], w["nthreads"]) for w in client.scheduler_info(n_workers=-1)["workers"].values()))'
+  [ "$output" = "[('chunk-2', 1), ('chunk-3', 1)]" ]
+  [ "$(cat "dask-logs/$JOBID/worker-1.log")" = "dask-pbs: node node02: the plan has no worker of chunk 1 on line 1 of \$PBS_NODEFILE: this task ends (the job starts that chunk's tasks where the plan puts them)" ]
+  stop_cluster
+}
+
 @test "pip's /bin/sh first lines for a long path: the Dask process runs in the Python they name" {
   fake_prefix trampoline
   start_cluster -l select=2:ncpus=1:mem=1gb -l walltime=00:03:00 \

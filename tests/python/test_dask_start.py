@@ -682,8 +682,10 @@ def test_task_setup_takes_an_early_workers_row(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "args --nthreads 1 --name chunk-1 --nworkers 4"
     assert out[1].startswith("memory ") and "divided among the 4 " in out[1] or len(out) == 2
-    assert kit_cli.main(["task-setup", "role=worker", "chunk=2", *row]) == 0
-    assert capsys.readouterr().out == "no-worker\n"
+    assert kit_cli.main(["task-setup", "role=worker", "node=node01", "chunk=2", *row]) == 0
+    assert capsys.readouterr().out == (
+        "no-worker dask-pbs: node node01: the plan has no worker of chunk 2 on line 1 of $PBS_NODEFILE: this "
+        "task ends (the job starts that chunk's tasks where the plan puts them)\n")
     plan.unlink()
     assert kit_cli.main(["task-setup", "role=worker", "chunk=1", "timeout=0", *row]) == MISSING
     assert "did not come within 0 s" in capsys.readouterr().err
