@@ -386,7 +386,8 @@ def ready_table(sizes: list, nworkers_list: list, runs: int, peer: bool) -> list
     """The time-to-ready and teardown table; returns each row's start phases (breakdown_table)."""
     import phases
 
-    print(f"\ntime to ready (all workers registered) and teardown, median of {runs} runs (min-max)")
+    print(f"\ntime to ready (all workers registered) and teardown, median of {runs} runs (min-max);"
+          " the kinds in rounds, each round in another order")
     print("  kit: production job on the fake PBS, PROGRAM=bench/stamp.py, the kit's defaults (TLS on,"
           " INTERFACE=auto), WORKER_ON_SCHEDULER_CHUNK=no")
     print("  floor: the same Dask processes as task.sh execs them (same TLS, forkserver, dashboards), started"
@@ -403,19 +404,32 @@ def ready_table(sizes: list, nworkers_list: list, runs: int, peer: bool) -> list
         for nodes in sizes:
             kit, down, ends, floor, floor_down, peers, left, starts = [], [], [], [], [], [], 0, []
             floor_pbs = []
-            for _ in range(runs):
+
+            def one_kit() -> None:
+                nonlocal left
                 ready, teardown, until_end, stray, start = kit_run(nodes, nworkers)
                 kit.append(ready)
                 down.append(teardown)
                 ends.append(until_end)
                 left += stray
                 starts.append(start)
+
+            def one_floor() -> None:
                 f_ready, f_down = floor_run(nodes, nworkers)
                 floor.append(f_ready)
                 floor_down.append(f_down)
-                floor_pbs.append(floor_pbs_run(nodes, nworkers))
-                if peer and not any(isinstance(p, str) for p in peers):
+
+            def one_peer() -> None:
+                if not any(isinstance(p, str) for p in peers):
                     peers.append(peer_run(nodes, nworkers))
+
+            kinds = [one_kit, one_floor, lambda: floor_pbs.append(floor_pbs_run(nodes, nworkers))]
+            kinds += [one_peer] if peer else []
+            for round_ in range(runs):
+                # Each round in another order: whatever a run leaves behind (the peer's
+                # scheduler in this Python, a page cache, a warm CPU) falls on each kind alike.
+                for run in kinds[round_ % len(kinds):] + kinds[:round_ % len(kinds)]:
+                    run()
             ratio = statistics.median(kit) / statistics.median(floor)
             failed = [p for p in peers if isinstance(p, str)]
             peer_text = failed[0] if failed else summary(peers) if peers else "-"
