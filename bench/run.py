@@ -426,8 +426,8 @@ def ready_table(sizes: list, nworkers_list: list, runs: int, peer: bool) -> list
             kinds = [one_kit, one_floor, lambda: floor_pbs.append(floor_pbs_run(nodes, nworkers))]
             kinds += [one_peer] if peer else []
             for round_ in range(runs):
-                # Each round in another order: whatever a run leaves behind (the peer's
-                # scheduler in this Python, a page cache, a warm CPU) falls on each kind alike.
+                # Each round in another order: whatever a run leaves behind (processes
+                # still ending, a page cache, a warm CPU) falls on each kind alike.
                 for run in kinds[round_ % len(kinds):] + kinds[:round_ % len(kinds)]:
                     run()
             ratio = statistics.median(kit) / statistics.median(floor)
