@@ -21,11 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-# pwd, random, shlex and qstat_output load in the functions that use them: pbsdsh, run once
-# per chunk of a job, starts without them.
+# pwd, random, shlex and qstat_output load in the functions that use them. pbsdsh, run
+# once per chunk of a job, is tm.py, which starts without this module.
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import launch_hook  # noqa: E402
+import tm  # noqa: E402
 from resources import (  # noqa: E402
     INT_RESOURCES, SIZE_RESOURCES, chunks_of, exec_host, exec_vnode, format_hms, host_memory,
     host_of_chunks, nodefile_lines, parse_size, parse_walltime, resource_list, schedselect,
@@ -36,7 +37,6 @@ BIN = HERE / "bin"
 QUEUE = "workq"
 FIVE_YEARS = 5 * 365 * 24 * 3600
 WALLTIME_EXIT = -29
-TM_ESYSTEM = 17000  # src/include/tm_.h
 # How the fake runs itself (command.sh, for bin/*, does the same): an import reads the compiled module.
 ENTRY = "import sys; sys.path[0:0] = [sys.argv[1]]; import fakepbs; sys.exit(fakepbs.main(sys.argv[2:]))"
 NAME_RE = __import__("re").compile(r"^[A-Za-z0-9_+.\-]{1,230}$")
@@ -63,21 +63,16 @@ def server() -> str:
     return os.environ.get("FAKEPBS_SERVER", "fakepbs")
 
 
-def next_counter(path: Path, key: str = "") -> int:
-    """Increment a counter in a file under an exclusive lock (job and task numbers);
-    with key, one counter per key in the same file."""
+def next_counter(path: Path) -> int:
+    """Increment the counter in a file under an exclusive lock (job numbers)."""
     with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         fh.seek(0)
         text = fh.read().strip()
-        counters = json.loads(text) if key and text else {}
-        if key:
-            value = counters[key] = counters.get(key, 0) + 1
-        else:
-            value = int(text) + 1 if text else 1
+        value = int(text) + 1 if text else 1
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps(counters) if key else str(value))
+        fh.write(str(value))
         return value
 
 
@@ -433,9 +428,7 @@ def chunk_env(job: dict, chunk_index: int, script: bool) -> dict:
 def host_env(job: dict, host: int) -> dict:
     """Per-host part: the node's TMPDIR, PBS_NODENUM, the launch hook's variables, and
     FAKEPBS_HOST_INDEX (the fake's own record of where a process runs)."""
-    tmpdir = node_tmpdir(job, host)
-    os.makedirs(tmpdir, mode=0o700, exist_ok=True)
-    env = {"TMPDIR": tmpdir, "PBS_NODENUM": str(host), "FAKEPBS_HOST_INDEX": str(host)}
+    env = {"TMPDIR": node_tmpdir(job, host), "PBS_NODENUM": str(host), "FAKEPBS_HOST_INDEX": str(host)}
     env.update(launch_hook.launch_env(job, host))
     return env
 
@@ -473,11 +466,31 @@ def in_cgroup(job: dict, host: int):
     return lambda: cgroups_module().join(spec, host)
 
 
-def signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def launch_table(jdir: Path, job: dict) -> dict:
+    """What pbsdsh (tm.py) needs to start a task on each node-file line, computed as the
+    job starts: the environment MoM builds for a task (nothing from the job script's own
+    changes; PBS_TASKNUM is added at the spawn), the words that put it on its node, the
+    node's name as JSON for the task's record. A node's TMPDIR is made as a task starts
+    there (tm.py; start_exec.c start_process calls mktmpdir)."""
+    lines = []
+    for host, chunk in job_nodefile_lines(job):
+        env = base_env(job)
+        env.update(chunk_env(job, chunk, script=False))
+        env.update(host_env(job, host))
+        if host != 0:
+            env["PBS_NODEFILE"] = str(jdir / "nodefile")
+        lines.append({"host": host, "env": env, "prefix": on_node(job, host),
+                      "node_json": json.dumps(job["nodes"][host])})
+    return {"lines": lines, "spawn_fail": job["modes"]["spawn_fail"], "join": job["join"],
+            "cgroup": job.get("cgroup")}
+
+
+def save_launch_table(jdir: Path, job: dict) -> None:
+    import marshal
+
+    tmp = jdir / (tm.TABLE + ".tmp")
+    tmp.write_bytes(marshal.dumps(launch_table(jdir, job)))
+    os.replace(tmp, jdir / tm.TABLE)
 
 
 def registered_tasks(jdir: Path) -> list[dict]:
@@ -538,6 +551,7 @@ def mom(jdir_text: str) -> int:
     env = base_env(job)
     env.update(chunk_env(job, 0, script=True))
     env.update(host_env(job, 0))
+    os.makedirs(env["TMPDIR"], mode=0o700, exist_ok=True)  # start_exec.c mktmpdir
     user = job["owner"].split("@")[0]
     env.update({
         "PBS_NODEFILE": str(nodefile),
@@ -559,6 +573,7 @@ def mom(jdir_text: str) -> int:
         spool_e.write(f"=>> PBS: job failed to start: {exc}\n".encode())
         finish_job(jdir, job, -1, spool_o, spool_e)  # JOB_EXEC_FAIL1
         return 0
+    save_launch_table(jdir, job)
     start = time.time()
     job.update(state="R", stime=start)
     save_job(jdir, job)
@@ -575,9 +590,9 @@ def mom(jdir_text: str) -> int:
     if exit_status is None:
         exit_status = status if status >= 0 else 256 - status
     # The script has ended: every task left on any node is killed at once.
-    signal_group(shell.pid, signal.SIGKILL)
+    tm.signal_group(shell.pid, signal.SIGKILL)
     for task in registered_tasks(jdir):
-        signal_group(task["pgid"], signal.SIGKILL)
+        tm.signal_group(task["pgid"], signal.SIGKILL)
     finish_job(jdir, job, exit_status, spool_o, spool_e)
     return 0
 
@@ -626,10 +641,10 @@ def terminate_mother_superior(jdir: Path, shell_pid: int, sig: int) -> None:
 
     Tasks on other hosts get the signal only through a pbsdsh that forwards it.
     """
-    signal_group(shell_pid, sig)
+    tm.signal_group(shell_pid, sig)
     for task in registered_tasks(jdir):
         if task["host"] == 0 or sig == signal.SIGKILL:
-            signal_group(task["pgid"], sig)
+            tm.signal_group(task["pgid"], sig)
 
 
 def finish_job(jdir: Path, job: dict, exit_status: int, spool_o, spool_e) -> None:
@@ -655,7 +670,7 @@ def finish_job(jdir: Path, job: dict, exit_status: int, spool_o, spool_e) -> Non
         cgroups_module().down(job["cgroup"])
     for path in (jdir / "tasks").glob("*.json"):
         path.unlink(missing_ok=True)
-    for name in ("nodefile", "spool.o", "spool.e", "script.SC", "delete"):
+    for name in ("nodefile", "spool.o", "spool.e", "script.SC", "delete", tm.TABLE):
         (jdir / name).unlink(missing_ok=True)
     job.update(state="F", exit_status=exit_status, end=time.time())
     save_job(jdir, job)
@@ -721,222 +736,6 @@ def remove_tree(path: str) -> None:
             else:
                 os.rmdir(full)
     os.rmdir(path)
-
-
-def getopt(argv: list[str], letters, with_value) -> tuple[list[tuple[str, str | None, str]], list[str]]:
-    """glibc's getopt(3) over argv, POSIX style: option words up to "--" or the first
-    operand, several letters to a word; a letter of with_value takes the rest of its word,
-    else the next word. Returns ([(letter, value, error), ...], the operands): value None
-    for a letter without one; error, else "", what getopt prints after the program's name
-    ("invalid option -- 'x'", "option requires an argument -- 'x'"), in argv's order."""
-    found = []
-    i = 0
-    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
-        if argv[i] == "--":
-            i += 1
-            break
-        arg, j = argv[i], 1
-        while j < len(arg):
-            flag = arg[j]
-            if flag not in letters:
-                found.append((flag, None, f"invalid option -- '{flag}'"))
-            elif flag in with_value:
-                value = arg[j + 1:]
-                if not value:
-                    i += 1
-                    if i >= len(argv):
-                        found.append((flag, None, f"option requires an argument -- '{flag}'"))
-                        break
-                    value = argv[i]
-                found.append((flag, value, ""))
-                break
-            else:
-                found.append((flag, None, ""))
-            j += 1
-        i += 1
-    return found, argv[i:]
-
-
-# ---------------------------------------------------------------- pbsdsh
-
-PBSDSH_USAGE = (  # src/cmds/pbsdsh.c main (23.06: getopt "c:n:svo")
-    "Usage: pbsdsh [-c copies][-s][-v][-o] -- program [args...]\n"
-    "       pbsdsh [-n node_index][-s][-v][-o] -- program [args...]\n"
-    "       pbsdsh --version\n"
-    "Where -c copies =  run a copy of \"program\" on the first \"copies\" nodes,\n"
-    "      -n node_index = run a copy of \"program\" on the \"node_index\"-th node,\n"
-    "      -s = forces synchronous execution,\n"
-    "      -v = forces verbose output.\n"
-    "      -o = no obits are waited for."
-)
-
-
-def pbsdsh_options(argv: list[str]) -> tuple[dict, list[str]]:
-    """getopt("c:n:svo"); the first error ends it."""
-    opts = {"c": None, "n": None, "s": False, "v": False, "o": False}
-    found, program = getopt(argv, "cnsvo", "cn")
-    for flag, value, error in found:
-        if error:
-            raise PBSError(f"pbsdsh: {error}\n{PBSDSH_USAGE}", 1)
-        if value is None:
-            opts[flag] = True
-            continue
-        number = int(value) if value.lstrip("-").isdigit() else 0  # atoi()
-        if number < 0:
-            raise PBSError(PBSDSH_USAGE, 1)
-        opts[flag] = number
-    return opts, program
-
-
-def pbsdsh(argv: list[str]) -> int:
-    opts, program = pbsdsh_options(argv)
-    if not program or (opts["c"] is not None and opts["n"] is not None):
-        raise PBSError(PBSDSH_USAGE, 1)
-    if "PBS_ENVIRONMENT" not in os.environ:
-        raise PBSError("pbsdsh: not executing under PBS", 1)
-    try:
-        jdir = job_dir(os.environ["PBS_JOBID"])
-        job = load_job(jdir)
-    except (KeyError, OSError, PBSError):
-        raise PBSError("pbsdsh: tm_init failed, rc = TM_ESYSTEM (17000)", 1) from None
-    lines = job_nodefile_lines(job)
-    if opts["n"] is not None:
-        targets = [opts["n"] % len(lines)]
-    else:
-        count = len(lines) if opts["c"] is None else opts["c"]
-        targets = [c % len(lines) for c in range(count)]
-    return run_tasks(jdir, job, targets, program, opts)
-
-
-def task_id(jdir: Path, job: dict, host: int) -> int:
-    """MoM's task number (mom_comm.c momtask_create): a per-host counter (the job shell
-    is task 1 on the first host) with the host's number in the top bits."""
-    counter = next_counter(jdir / "taskseq", str(host)) + (1 if host == 0 else 0)
-    shift = 32 - len(job_nodefile_lines(job)).bit_length()
-    return (host << shift | counter) & 0xFFFFFFFF
-
-
-def task_env(jdir: Path, job: dict, line: int, tid: int) -> dict:
-    """The environment MoM builds for a task: nothing from the job script's own changes."""
-    host, chunk = job_nodefile_lines(job)[line]
-    env = base_env(job)
-    env.update(chunk_env(job, chunk, script=False))
-    env.update(host_env(job, host))
-    env["PBS_TASKNUM"] = f"{tid:08X}"
-    if host != 0:
-        env["PBS_NODEFILE"] = str(jdir / "nodefile")
-    return env
-
-
-def spawn_task(jdir: Path, job: dict, line: int, program: list[str]) -> tuple[subprocess.Popen, int] | None:
-    host = job_nodefile_lines(job)[line][0]
-    if host in job["modes"]["spawn_fail"]:
-        return None  # FAKEPBS_SPAWN_FAIL: that host's MoM refuses the spawn
-    tid = task_id(jdir, job, host)
-    env = task_env(jdir, job, line, tid)
-    out = open(jdir / "spool.o", "ab")
-    err = out if job["join"] == "oe" else open(jdir / ("spool.o" if job["join"] == "eo" else "spool.e"), "ab")
-    try:
-        proc = subprocess.Popen(
-            [*on_node(job, host), *program], cwd=env["HOME"], env=env, stdin=subprocess.DEVNULL,
-            stdout=out, stderr=err, start_new_session=True, umask=0o077, close_fds=True,
-            preexec_fn=in_cgroup(job, host),
-        )
-    except OSError:
-        # exec failed: MoM's child exits 254 (start_exec.c start_process)
-        proc = subprocess.Popen(["/bin/sh", "-c", "exit 254"], stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    finally:
-        out.close()
-        if err is not out:
-            err.close()
-    record = {"pid": proc.pid, "pgid": proc.pid, "host": host, "node": job["nodes"][host], "tid": tid}
-    (jdir / "tasks" / f"{proc.pid}.json").write_text(json.dumps(record))
-    return proc, tid
-
-
-def end_task(jdir: Path, pid: int, status: int) -> int:
-    """A task's top process has ended with status (Popen's returncode: -N for signal N):
-    its session dies with it, as MoM does it. Returns the exit status pbsdsh tells."""
-    signal_group(pid, signal.SIGKILL)
-    (jdir / "tasks" / f"{pid}.json").unlink(missing_ok=True)
-    return status if status >= 0 else 256 - status
-
-
-class Signalled(Exception):
-    """Raised by pbsdsh's signal handler to cut a blocking wait short."""
-
-
-class Tasks:
-    """pbsdsh's tm_spawn/tm_obit bookkeeping (pbsdsh.c wait_for_task)."""
-
-    def __init__(self, jdir: Path, verbose: bool) -> None:
-        self.jdir, self.verbose = jdir, verbose
-        self.running: dict[int, tuple[subprocess.Popen, int]] = {}
-        self.fire = 0  # bailout(): the signal that arrived
-        self.blocked = False  # in waitpid: bailout() raises Signalled to end it
-        self.event = 1  # tm_init took event 1
-
-    def new_event(self) -> int:
-        self.event += 1
-        return self.event
-
-    def bailout(self, signum: int, _frame) -> None:
-        self.fire = signum
-        if self.blocked:
-            raise Signalled
-
-    def wait(self, only: int | None = None) -> None:
-        """Report obits as tasks end; on SIGHUP/INT/TERM, tm_kill every task still
-        running with it, print "pbsdsh: killing task ..." for each and exit 1 at once.
-        Blocks in waitpid as pbsdsh blocks in tm_poll: no polling for the job's life
-        (one pbsdsh per chunk stays for the job's life)."""
-        while any(only is None or index == only for index in self.running):
-            try:
-                self.blocked = True
-                if not self.fire:  # a signal before `blocked` was set is seen here
-                    pid, wait_status = os.waitpid(-1 if only is None else self.running[only][0].pid, 0)
-            except Signalled:
-                pass
-            finally:
-                self.blocked = False
-            if self.fire:
-                for _, (proc, tid) in sorted(self.running.items()):
-                    print(f"pbsdsh: killing task 0x{tid:08X} signal {self.fire}", flush=True)
-                    signal_group(proc.pid, self.fire)
-                os._exit(1)
-            for index, (proc, _) in sorted(self.running.items()):
-                if proc.pid == pid:
-                    proc.returncode = os.waitstatus_to_exitcode(wait_status)  # reaped here, not by Popen
-                    del self.running[index]
-                    status = end_task(self.jdir, pid, proc.returncode)
-                    if status != 0 or self.verbose:
-                        print(f"pbsdsh: task 0x{index:08X} exit status {status}", flush=True)
-                    break
-
-
-def run_tasks(jdir: Path, job: dict, targets: list[int], program: list[str], opts: dict) -> int:
-    tasks = Tasks(jdir, opts["v"])
-    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, tasks.bailout)
-    if opts["o"] and os.fork() != 0:
-        os._exit(0)  # pbsdsh -o returns at once; the tasks stay under "MoM" (this child)
-    for index, line in enumerate(targets):
-        spawned = spawn_task(jdir, job, line, program)
-        event = tasks.new_event()
-        if spawned is None:
-            # The MoM's TM_ERROR reply carries TM_ESYSTEM (mom_comm.c); no obit, no status.
-            print(f"error {TM_ESYSTEM} on spawn", file=sys.stderr, flush=True)
-            continue
-        if opts["v"]:
-            print(f"pbsdsh: spawned task 0x{index:08X} on logical node {line} event {event}", flush=True)
-        tasks.running[index] = spawned
-        if opts["s"] and not opts["o"]:
-            tasks.new_event()  # tm_obit, registered before the next spawn
-        if opts["s"]:
-            tasks.wait(index)
-    tasks.wait()
-    return 0
 
 
 # ---------------------------------------------------------------- qstat / qdel
@@ -1011,7 +810,7 @@ def qstat_options(argv: list[str], mode: str) -> tuple[dict, list[str]]:
     known = set("ainpqrstwxfGHJMQBT1") | takes_value | (set() if mode == "none" else {"E"})
     opts: dict = {"f": False, "x": False, "w": False, "F": None}
     errors = []
-    found, ids = getopt(argv, known, takes_value)
+    found, ids = tm.getopt(argv, known, takes_value)
     for flag, value, error in found:
         if error:
             errors.append(f"qstat: {error}")
@@ -1085,7 +884,7 @@ QDEL_USAGE = (  # src/cmds/qdel.c main
 
 def qdel(argv: list[str]) -> int:
     errors = []
-    # Not getopt() above: this loop reads one option letter a word (-xW force is -x alone),
+    # Not tm.getopt(): this loop reads one option letter a word (-xW force is -x alone),
     # as the fake's qdel always has; getopt() would read such clusters as glibc does, a
     # change of what qdel accepts that is for its own commit, not a clean-up's.
     i = 0
@@ -1158,7 +957,7 @@ def nvidia_smi(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"qsub": qsub, "pbsdsh": pbsdsh, "qstat": qstat, "qdel": qdel, "nvidia-smi": nvidia_smi}
+COMMANDS = {"qsub": qsub, "pbsdsh": tm.main, "qstat": qstat, "qdel": qdel, "nvidia-smi": nvidia_smi}
 
 
 def main(argv: list[str]) -> int:

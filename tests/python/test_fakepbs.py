@@ -125,6 +125,23 @@ def test_pbsdsh_exits_0_when_a_task_fails_and_says_so(fakepbs, tmp_path):
         "pbsdsh: task 0x00000000 exit status 1\nrc=0\npbsdsh: task 0x00000000 exit status 254\nrc=0\n")
 
 
+def test_a_task_starts_as_moms_child_does(fakepbs, tmp_path):
+    """What tm.py's fork and exec must give, as MoM's start_process: SIGPIPE's default
+    (Python ignores it; `yes | head` then ends `yes` by the signal, 141), none of the job
+    script's open descriptors, a session of its own, and the node's TMPDIR made as the
+    node's first task starts (not before)."""
+    body = """ls -d "$(dirname "$TMPDIR")"/*node01 2>/dev/null || echo "node01 has no TMPDIR yet"
+exec 7>"$PBS_O_WORKDIR/held"
+pbsdsh -n 1 -- /bin/bash -c 'yes | head -1 >/dev/null; echo "pipe=${PIPESTATUS[0]}"
+  ls /proc/$$/fd | tr "\\n" " "; echo
+  [[ $(ps -o sid= -p $$) -eq $$ ]] && echo "own session"
+  [[ -d $TMPDIR ]] && echo "tmpdir made"'
+"""
+    qsub("-l", "select=2:ncpus=1", script(tmp_path / "job.pbs", body), check_rc=0)
+    lines = output(tmp_path).splitlines()
+    assert lines == ["node01 has no TMPDIR yet", "pipe=141", "0 1 2 ", "own session", "tmpdir made"], lines
+
+
 def test_pbsdsh_node_index_wraps_and_c_runs_copies(fakepbs, tmp_path):
     body = 'pbsdsh -n 5 -- /bin/sh -c \'echo "n=$PBS_NODENUM"\'; pbsdsh -c 3 -- /bin/sh -c \'echo "c=$PBS_NODENUM"\''
     qsub("-l", "select=2:ncpus=1", script(tmp_path / "job.pbs", body), check_rc=0)
