@@ -37,7 +37,7 @@ GROUPS = {  # kind -> group, in the table's order
 
 def kind(comm: str, cmd: str, parent_kind: str | None) -> str:
     """The kind of a process, from its name, its command line and its parent's kind."""
-    if "import fakepbs" in cmd or "/tests/fakepbs/bin/" in cmd:
+    if "import fakepbs" in cmd or "import tm" in cmd or "/tests/fakepbs/bin/" in cmd:
         words = cmd.split()
         if "pbsdsh" in words:
             return "pbsdsh"

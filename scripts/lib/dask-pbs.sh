@@ -910,7 +910,9 @@ dpk::remove_if_ours() {
 # TERM/INT/HUP trap (qdel, walltime): exit, and the EXIT trap stops the cluster within
 # PBS's kill delay. The script's status: 0 in interactive and workers mode (the normal way
 # to end them), 128+signal in production mode. (Where PBS starts the script through the user's login
-# shell, as real MoMs do, that shell dies of the same SIGTERM and PBS records 271.)
+# shell, as real MoMs do, that shell dies of the same SIGTERM and PBS records 271.) HUP is
+# for a run outside PBS: a MoM starts the script with SIGHUP ignored (start_exec.c fork_me),
+# and bash cannot trap what it inherits ignored.
 #
 # The trap mostly runs inside dpk::nap's `read -t`, whose timer bash 5.2 (and 5.3, by its
 # source) leaves armed while a trap runs: once that timer has expired, the first pipe bash

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The body of every fake PBS command in bin/: `source command.sh NAME ARGS...` runs
-# `fakepbs.py NAME ARGS...` (see README.md beside this file).
+# `fakepbs.py NAME ARGS...`, or for pbsdsh `tm.py ARGS...` (see README.md beside this file).
 fakepbs_dir=${BASH_SOURCE[0]%/*}  # bin/* source it by a path with a slash
 # A non-interactive bash unsets PS1 and PS2 (dash would drop BASH_FUNC_*%% instead): put
 # them back from this process's own environment, so that qsub -V sends what a real qsub does.

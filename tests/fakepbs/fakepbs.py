@@ -8,7 +8,7 @@ State lives under $FAKEPBS_HOME (default /tmp/fakepbs-<uid>): jobs/<seq>/ holds 
 job's attributes (job.json), spooled script, node file, output spool and task registry.
 Modules beside this one: resources.py (select, schedselect, placement), qstat_output.py
 (qstat's text and JSON), launch_hook.py (GPU variables), cgroups.py (memory cgroups),
-netns.py (network namespaces).
+netns.py (network namespaces), tm.py (pbsdsh, which runs without this module).
 """
 from __future__ import annotations
 
@@ -458,12 +458,17 @@ def on_node(job: dict, host: int) -> list:
     return netns_module().exec_prefix(job["netns"], host, job["nodes"][host], setup)
 
 
-def in_cgroup(job: dict, host: int):
-    """preexec_fn that puts the child in its host's memory cgroup before it runs anything."""
-    if not job.get("cgroup"):
-        return None
-    spec = job["cgroup"]
-    return lambda: cgroups_module().join(spec, host)
+def as_moms_child(job: dict, host: int):
+    """preexec_fn: the signals of a MoM's child (tm.task_signals: SIGHUP ignored, the rest
+    at their default, whatever this MoM's own starter left ignored), and the host's memory
+    cgroup before the child runs anything."""
+    spec = job.get("cgroup")
+
+    def preexec() -> None:
+        tm.task_signals()
+        if spec:
+            cgroups_module().join(spec, host)
+    return preexec
 
 
 def launch_table(jdir: Path, job: dict) -> dict:
@@ -560,27 +565,28 @@ def mom(jdir_text: str) -> int:
         "USER": user,
         "SHELL": "/bin/bash",
     })
-    spool_o = open(jdir / "spool.o", "ab")
-    spool_e = spool_o if job["join"] == "oe" else open(jdir / "spool.e", "ab")
-    if job["join"] == "eo":
-        spool_o = spool_e
+    # start_exec.c open_std_out_err: -j oe both streams to the output, -j eo to the error.
+    if job["join"] in ("oe", "eo"):
+        spool_o = spool_e = open(jdir / ("spool.o" if job["join"] == "oe" else "spool.e"), "ab")
+    else:
+        spool_o, spool_e = open(jdir / "spool.o", "ab"), open(jdir / "spool.e", "ab")
     try:
         if job.get("cgroup"):
             cgroups_module().up(job["cgroup"])
         if job.get("netns"):
             netns_module().up(job["netns"])
-    except (netns_module().NetnsError, cgroups_module().CgroupError) as exc:
+        save_launch_table(jdir, job)
+    except (OSError, netns_module().NetnsError, cgroups_module().CgroupError) as exc:
         spool_e.write(f"=>> PBS: job failed to start: {exc}\n".encode())
         finish_job(jdir, job, -1, spool_o, spool_e)  # JOB_EXEC_FAIL1
         return 0
-    save_launch_table(jdir, job)
     start = time.time()
     job.update(state="R", stime=start)
     save_job(jdir, job)
     argv, stdin = shell_command(job, jdir)
     shell = subprocess.Popen(
         argv, cwd=env["HOME"], env=env, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-        stdout=spool_o, stderr=spool_e, start_new_session=True, preexec_fn=in_cgroup(job, 0),
+        stdout=spool_o, stderr=spool_e, start_new_session=True, preexec_fn=as_moms_child(job, 0),
     )
     if stdin is not None:
         os.close(stdin)
@@ -659,8 +665,9 @@ def finish_job(jdir: Path, job: dict, exit_status: int, spool_o, spool_e) -> Non
     spool_o.close()
     if spool_e is not spool_o:
         spool_e.close()
-    copy_output(jdir / "spool.o", job["output"])
-    if job["join"] == "n":
+    if job["join"] != "eo":
+        copy_output(jdir / "spool.o", job["output"])
+    if job["join"] in ("n", "eo"):
         copy_output(jdir / "spool.e", job["error"])
     for index in range(len(job["nodes"])):
         remove_tree(node_tmpdir(job, index))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 def gpu_uuid(job_id: str, host: int, device: int) -> str:
     """A UUID-shaped id, the same for one (job, host, device), different elsewhere."""
-    import hashlib  # here: every task's start imports this module, few need a GPU id
+    import hashlib  # here: every job's MoM imports this module, few need a GPU id
     digest = hashlib.sha1(f"{job_id}/{host}/{device}".encode()).hexdigest()
     return f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 

@@ -135,22 +135,38 @@ def task_id(jdir: str, table: dict, host: int) -> int:
 
 
 def spool_fds(jdir: str, join: str) -> tuple[int, int]:
-    """The job's stdout and stderr spools, as a task writes them."""
+    """The job's stdout and stderr spools, as a task writes them (start_exec.c
+    open_std_out_err: -j oe both to the output, -j eo both to the error)."""
     def spool(name: str) -> int:
         return os.open(os.path.join(jdir, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
-    out = spool("spool.o")
-    err = out if join == "oe" else spool("spool.o" if join == "eo" else "spool.e")
-    return out, err
+    if join in ("oe", "eo"):
+        both = spool("spool.o" if join == "oe" else "spool.e")
+        return both, both
+    return spool("spool.o"), spool("spool.e")
+
+
+def task_signals() -> None:
+    """A MoM's child's signals (start_exec.c fork_me): SIGHUP ignored, every other at its
+    default (MoM catches the rest, so exec resets them), none blocked. pbsdsh's own
+    differ: Python ignores SIGPIPE, and bash starts a `pbsdsh ... &` with SIGINT and
+    SIGQUIT ignored."""
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_IGN if sig == signal.SIGHUP else signal.SIG_DFL)
+        except (OSError, ValueError):  # the C library's own real-time signals
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def exec_task(argv: list[str], env: dict, out: int, err: int, cgroup, host: int) -> None:
-    """In the forked child: a session of its own, MoM's umask, the node's TMPDIR, HOME as
-    the working folder, no stdin, the job's spools, no other descriptor, default signal handling
-    (Python ignores SIGPIPE); then exec, or exit 254 as MoM's child does."""
+    """In the forked child: MoM's signals, a session of its own, MoM's umask, the node's
+    TMPDIR, HOME as the working folder, no stdin, the job's spools, no other descriptor;
+    then exec, or exit 254 as MoM's child does."""
     try:
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
+        task_signals()
         os.setsid()
         os.umask(0o077)
         try:  # the node's TMPDIR, made as a task starts there (start_exec.c mktmpdir)
@@ -158,10 +174,14 @@ def exec_task(argv: list[str], env: dict, out: int, err: int, cgroup, host: int)
         except FileExistsError:
             pass
         os.chdir(env["HOME"])
-        null = os.open(os.devnull, os.O_RDONLY)
+        # Above 2 first (start_exec.c FDMOVE): pbsdsh may run with 0-2 closed, and then a
+        # spool or /dev/null would be one of them.
+        null = fcntl.fcntl(os.open(os.devnull, os.O_RDONLY), fcntl.F_DUPFD, 3)
+        out3 = fcntl.fcntl(out, fcntl.F_DUPFD, 3)
+        err3 = out3 if err == out else fcntl.fcntl(err, fcntl.F_DUPFD, 3)
         os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(err, 2)
+        os.dup2(out3, 1)
+        os.dup2(err3, 2)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         if cgroup:
             import cgroups  # only jobs with FAKEPBS_CGROUP=1

@@ -126,20 +126,34 @@ def test_pbsdsh_exits_0_when_a_task_fails_and_says_so(fakepbs, tmp_path):
 
 
 def test_a_task_starts_as_moms_child_does(fakepbs, tmp_path):
-    """What tm.py's fork and exec must give, as MoM's start_process: SIGPIPE's default
-    (Python ignores it; `yes | head` then ends `yes` by the signal, 141), none of the job
-    script's open descriptors, a session of its own, and the node's TMPDIR made as the
-    node's first task starts (not before)."""
-    body = """ls -d "$(dirname "$TMPDIR")"/*node01 2>/dev/null || echo "node01 has no TMPDIR yet"
+    """What tm.py's fork and exec must give, as MoM's start_process: signals as fork_me
+    leaves them (SIGHUP ignored; SIGPIPE, which Python ignores, and SIGINT and SIGQUIT,
+    which bash ignores for a `pbsdsh ... &`, at their default: `yes | head` ends `yes` by
+    the signal, 141), none of the job script's open descriptors, a session of its own, and
+    the node's TMPDIR made as the node's first task starts (not before); also with pbsdsh's
+    own stdin and stdout closed."""
+    body = """grep SigIgn /proc/$$/status
+ls -d "$(dirname "$TMPDIR")"/*node01 2>/dev/null || echo "node01 has no TMPDIR yet"
 exec 7>"$PBS_O_WORKDIR/held"
-pbsdsh -n 1 -- /bin/bash -c 'yes | head -1 >/dev/null; echo "pipe=${PIPESTATUS[0]}"
-  ls /proc/$$/fd | tr "\\n" " "; echo
+pbsdsh -n 1 -- /bin/bash -c 'grep SigIgn /proc/$$/status; yes | head -1 >/dev/null; echo "pipe=${PIPESTATUS[0]}"
+  ls /proc/$$/fd >"$TMPDIR/fds"; echo $(cat "$TMPDIR/fds")
   [[ $(ps -o sid= -p $$) -eq $$ ]] && echo "own session"
-  [[ -d $TMPDIR ]] && echo "tmpdir made"'
+  [[ -d $TMPDIR ]] && echo "tmpdir made"' &
+wait
+pbsdsh -n 0 -- /bin/sh -c 'echo "closed 0 and 1: still to the job output"' <&- >&-
 """
     qsub("-l", "select=2:ncpus=1", script(tmp_path / "job.pbs", body), check_rc=0)
     lines = output(tmp_path).splitlines()
-    assert lines == ["node01 has no TMPDIR yet", "pipe=141", "0 1 2 ", "own session", "tmpdir made"], lines
+    assert lines == ["SigIgn:\t0000000000000001", "node01 has no TMPDIR yet", "SigIgn:\t0000000000000001",
+                     "pipe=141", "0 1 2", "own session", "tmpdir made",
+                     "closed 0 and 1: still to the job output"], lines
+
+
+def test_join_eo_puts_both_streams_in_the_error_file_and_writes_no_output_file(fakepbs, tmp_path):
+    body = "echo out; echo err >&2; pbsdsh -n 1 -- /bin/sh -c 'echo task-out; echo task-err >&2'"
+    qsub("-j", "eo", "-l", "select=2:ncpus=1", script(tmp_path / "job.pbs", body), check_rc=0)
+    assert sorted(output(tmp_path, kind="e").split()) == ["err", "out", "task-err", "task-out"]
+    assert list(tmp_path.glob("job.pbs.o*")) == []
 
 
 def test_pbsdsh_node_index_wraps_and_c_runs_copies(fakepbs, tmp_path):
