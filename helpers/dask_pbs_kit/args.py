@@ -4,6 +4,12 @@ from __future__ import annotations
 from .errors import USAGE, KitError
 
 
+def is_digits(text: str) -> bool:
+    """Only ASCII digits, at least one: what int() takes as a count. str.isdigit() also
+    takes '²' and other Unicode digits, which int() refuses with a traceback."""
+    return text.isascii() and text.isdigit()
+
+
 def parse(argv: list, options: dict, usage: str) -> tuple:
     """Split argv into ({option: value}, [operands]).
 

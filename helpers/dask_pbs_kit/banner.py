@@ -159,7 +159,7 @@ def banner_lines(info: dict, published: str, workers: int, chunks: int, took: fl
 
 
 def _count(text: str, what: str) -> int:
-    if not text.isdigit():
+    if not args.is_digits(text):
         raise KitError(f"{what} must be a whole number, not {text!r}\n{USAGE_TEXT}", USAGE)
     return int(text)
 

@@ -283,14 +283,14 @@ def read_plan(path: str, timeout: float, clock=time.monotonic, nap=time.sleep) -
 def worker_processes(rows: list) -> int:
     """The plan's worker processes: the sum of its worker and gpu-worker rows' NWORKERS."""
     return sum(int(row[4]) for row in rows
-               if row[0] in ("worker", "gpu-worker") and len(row) > 4 and row[4].isdigit())
+               if row[0] in ("worker", "gpu-worker") and len(row) > 4 and args.is_digits(row[4]))
 
 
 def job_size(value: str, timeout: float, clock=time.monotonic, nap=time.sleep) -> int:
     """The job's worker processes from workers=: N, or plan:PATH, the job's launch plan:
     their sum (read_plan). 0 (unknown) when the plan does not come or cannot be read: the
     job script stops a task whose plan failed."""
-    if value.isdigit():
+    if args.is_digits(value):
         return int(value)
     rows = read_plan(value[len("plan:"):], timeout, clock, nap) if value.startswith("plan:") else None
     return 0 if rows is None else worker_processes(rows)
@@ -484,11 +484,11 @@ def memory_limit(settings: dict) -> tuple:
     numbers = {}
     for name in ("host_procs", "reserve_ppm", "reserve_bytes"):
         text = settings.get(name, "1" if name == "host_procs" else "0")
-        if not text.isdigit():
+        if not args.is_digits(text):
             raise KitError(f"{name} must be a whole number, not {text!r}", BAD_VALUE)
         numbers[name] = int(text)
     memory = settings.get("memory", "auto")
-    if memory != "auto" and not memory.isdigit():
+    if memory != "auto" and not args.is_digits(memory):
         raise KitError(f"memory must be bytes or auto, not {memory!r}", BAD_VALUE)
     return host_memory.worker_limit(None if memory == "auto" else int(memory), numbers["host_procs"],
                                     numbers["reserve_ppm"], numbers["reserve_bytes"],

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 
+from .args import is_digits
 from .errors import BAD_VALUE, USAGE, KitError
 
 TYPE_CHECKING = False
@@ -207,7 +208,7 @@ def _whole(opts: dict, name: str, default: Optional[str] = None) -> int:
     text = opts.get(name, default)
     if text is None:
         raise KitError(f"missing {name}\n{USAGE_TEXT}", USAGE)
-    if not text.isdigit():
+    if not is_digits(text):
         raise KitError(f"{name} must be a whole number, not {text!r}", BAD_VALUE)
     return int(text)
 

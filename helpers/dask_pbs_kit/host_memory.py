@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os  # and no typing: its import costs a helper a fifth of its start
 
+from .args import is_digits
 from .errors import BAD_VALUE, USAGE, KitError
 from .pbs_sizes import MIN_WORKER_MEMORY, format_size
 
@@ -78,7 +79,7 @@ def cgroup_limit(proc: str = "/proc") -> int | None:
         name = "memory.limit_in_bytes" if version == 1 else "memory.max"
         while True:
             text = _read(f"{folder}/{name}")
-            if text and text.isdigit() and int(text) < UNLIMITED:
+            if text and is_digits(text) and int(text) < UNLIMITED:
                 best = int(text) if best is None else min(best, int(text))
             if folder == point or len(folder) <= len(point):
                 break
@@ -133,11 +134,11 @@ def cli(argv: list) -> None:
     numbers = {}
     for name in ("--host-procs", "--reserve-ppm", "--reserve-bytes"):
         text = opts.get(name, "0")
-        if not text.isdigit():
+        if not is_digits(text):
             raise KitError(f"{name} must be a whole number, not {text!r}", BAD_VALUE)
         numbers[name] = int(text)
     memory = opts["--memory"]
-    if memory != "auto" and not memory.isdigit():
+    if memory != "auto" and not is_digits(memory):
         raise KitError(f"--memory must be bytes or auto, not {memory!r}", BAD_VALUE)
     limit, why = worker_limit(None if memory == "auto" else int(memory), numbers["--host-procs"],
                               numbers["--reserve-ppm"], numbers["--reserve-bytes"],

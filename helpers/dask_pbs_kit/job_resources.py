@@ -39,6 +39,7 @@ import re
 import time
 from collections.abc import Mapping
 
+from .args import is_digits
 from .errors import BAD_VALUE, KitError
 from .pbs_sizes import parse_size
 
@@ -136,7 +137,7 @@ def _unquote(value: str) -> str:
 
 def _int(value, what: str) -> int:
     text = str(value).strip()
-    if not text.isdigit():
+    if not is_digits(text):
         raise KitError(f"{what} must be a whole number, not {value!r}", BAD_VALUE)
     return int(text)
 
@@ -167,7 +168,7 @@ def parse_select(text) -> List[Chunk]:
     for group in _split(text, "+"):
         parts = _split(group, ":")
         count = 1
-        if parts and parts[0].strip().isdigit():
+        if parts and is_digits(parts[0].strip()):
             count = int(parts.pop(0))
         if count < 1 or count > 100000:
             raise KitError(f"select statement {text!r}: a chunk count of {count}", BAD_VALUE)
@@ -249,7 +250,7 @@ def parse_walltime(text) -> int:
     """Seconds in a PBS walltime, [[HH:]MM:]SS."""
     text = str(text).strip()
     parts = text.split(":")
-    if len(parts) > 3 or not all(part.isdigit() for part in parts):
+    if len(parts) > 3 or not all(is_digits(part) for part in parts):
         raise KitError(f"walltime {text!r} is not [[HH:]MM:]SS", BAD_VALUE)
     seconds = 0
     for part in parts:

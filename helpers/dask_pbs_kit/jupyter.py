@@ -177,7 +177,7 @@ def jupyter_file(scheduler_file: str) -> str:
 def _port(text: str | None) -> int | None:
     if text in (None, "", "none"):
         return None
-    if not str(text).isdigit():
+    if not args.is_digits(str(text)):
         raise KitError(f"--dashboard-port must be a port number or none, not {text!r}", USAGE)
     return int(text)
 
@@ -212,7 +212,7 @@ def wait_cli(argv: list) -> None:
     options.update({"--loopback": "flag", "--dashboard-port": "value", "--info": "value"})
     opts, operands = args.parse(argv, options, WAIT_USAGE)
     missing = [name for name in names if name not in opts]
-    if operands or missing or not opts["--pid"].isdigit():
+    if operands or missing or not args.is_digits(opts["--pid"]):
         raise KitError(WAIT_USAGE, USAGE)
     info = wait_ready(opts["--runtime"], int(opts["--pid"]), opts["--log"],
                       args.number(opts["--timeout"], "--timeout"))

@@ -99,7 +99,7 @@ Each one's error goes to stderr; the status is the first failure's, 0 if none.""
 
 
 def _count(text: str, what: str, minimum: int) -> int:
-    if not text.isdigit() or int(text) < minimum:
+    if not args.is_digits(text) or int(text) < minimum:
         raise KitError(f"{what} must be an integer >= {minimum}, not {text!r}", BAD_VALUE)
     return int(text)
 

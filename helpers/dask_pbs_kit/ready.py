@@ -53,8 +53,8 @@ def parse_watch(spec: str) -> Watch:
     parts = spec.split(":", 4)
     log, sep, nprocs = parts[-1].rpartition(":") if len(parts) == 5 else ("", "", "")
     chunk, _, gpu = parts[1].partition("-gpu") if len(parts) > 1 else ("", "", "")
-    if not sep or not all(p.isdigit() for p in (chunk, parts[3], nprocs)) or not log or (
-            parts[0] == "worker" and int(nprocs) < 1) or (_ and not gpu.isdigit()):
+    if not sep or not all(args.is_digits(p) for p in (chunk, parts[3], nprocs)) or not log or (
+            parts[0] == "worker" and int(nprocs) < 1) or (_ and not args.is_digits(gpu)):
         raise KitError(f"--watch {spec!r} is not ROLE:CHUNK:NODE:PID:LOG:NPROCS (NPROCS at "
                        f"least 1 for a worker)\n{USAGE_TEXT}", USAGE)
     return Watch(parts[0], parts[1] if gpu else int(chunk), parts[2], int(parts[3]), log, int(nprocs))

@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+from .args import is_digits
 from .errors import MALFORMED, MISSING, NO_DASHBOARD, NOT_SCHEDULER, KitError
 
 POLL = 0.1  # what distributed's own json_load_robust uses
@@ -55,7 +56,7 @@ def split_address(address: str) -> tuple[str, str, int]:
     host, _, port = rest.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not host or not port.isdigit():
+    if not host or not is_digits(port):
         raise KitError(f"scheduler address {address!r} has no host:port", NOT_SCHEDULER)
     return protocol, host, int(port)
 

@@ -84,7 +84,7 @@ def pbsdsh_options(argv: list[str]) -> tuple[dict, list[str]]:
         if value is None:
             opts[flag] = True
             continue
-        number = int(value) if value.lstrip("-").isdigit() else 0  # atoi()
+        number = int(value) if value.lstrip("-").isdigit() and value.isascii() else 0  # atoi()
         if number < 0:
             raise Refused(PBSDSH_USAGE)
         opts[flag] = number

@@ -47,7 +47,7 @@ def test_quoted_string_values_of_schedselect_keep_their_plus_and_colon():
 
 
 @pytest.mark.parametrize("select", ["2:ncpus", "2:ncpus=two", "1:mem=1.5gb", "", [3], None, True,
-                                    {"a": 1}, "0:ncpus=1"])
+                                    {"a": 1}, "0:ncpus=1", "²", "2:ncpus=²", "2:ncpus=٣"])
 def test_bad_select_is_refused(select):
     with pytest.raises(KitError) as err:
         jr.parse_select(select)
@@ -292,3 +292,11 @@ def test_a_bad_walltime_attribute_is_a_warning_and_the_knob_stands_in():
     assert (wall.limit, wall.source) == (10, "WALLTIME")
     wall, warnings = jr.job_walltime({"Resource_List": {"walltime": "soon"}}, None, 0, 0)
     assert wall.source == "none" and "cannot read Resource_List.walltime" in warnings[0]
+
+
+def test_only_ascii_digits_are_counts():
+    """str.isdigit() takes '²' and '٣', which int() refuses: every helper asks is_digits."""
+    from dask_pbs_kit.args import is_digits
+
+    assert is_digits("0") and is_digits("123")
+    assert not any(is_digits(t) for t in ("", "²", "٣", "1²", " 1", "-1", "1.0"))
