@@ -53,8 +53,7 @@ class PBSError(Exception):
 # ---------------------------------------------------------------- state
 
 def home() -> Path:
-    base = os.environ.get("FAKEPBS_HOME") or f"/tmp/fakepbs-{os.getuid()}"
-    path = Path(base)
+    path = Path(tm.home_folder())
     (path / "jobs").mkdir(parents=True, exist_ok=True)
     return path
 
@@ -565,11 +564,9 @@ def mom(jdir_text: str) -> int:
         "USER": user,
         "SHELL": "/bin/bash",
     })
-    # start_exec.c open_std_out_err: -j oe both streams to the output, -j eo to the error.
-    if job["join"] in ("oe", "eo"):
-        spool_o = spool_e = open(jdir / ("spool.o" if job["join"] == "oe" else "spool.e"), "ab")
-    else:
-        spool_o, spool_e = open(jdir / "spool.o", "ab"), open(jdir / "spool.e", "ab")
+    out_name, err_name = tm.spool_names(job["join"])
+    spool_o = open(jdir / out_name, "ab")
+    spool_e = spool_o if err_name == out_name else open(jdir / err_name, "ab")
     try:
         if job.get("cgroup"):
             cgroups_module().up(job["cgroup"])
@@ -665,10 +662,10 @@ def finish_job(jdir: Path, job: dict, exit_status: int, spool_o, spool_e) -> Non
     spool_o.close()
     if spool_e is not spool_o:
         spool_e.close()
-    if job["join"] != "eo":
-        copy_output(jdir / "spool.o", job["output"])
-    if job["join"] in ("n", "eo"):
-        copy_output(jdir / "spool.e", job["error"])
+    used = tm.spool_names(job["join"])  # a joined job writes one file, the other none
+    for name, dest in (("spool.o", job["output"]), ("spool.e", job["error"])):
+        if name in used:
+            copy_output(jdir / name, dest)
     for index in range(len(job["nodes"])):
         remove_tree(node_tmpdir(job, index))
     if job.get("netns"):

@@ -98,13 +98,17 @@ def signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def home_folder() -> str:
+    """Where the fake keeps its state (fakepbs.home makes it)."""
+    return os.environ.get("FAKEPBS_HOME") or f"/tmp/fakepbs-{os.getuid()}"
+
+
 def job_folder() -> str:
     """tm_init: the job's folder under FAKEPBS_HOME, from PBS_JOBID (fakepbs.job_dir)."""
     seq = os.environ.get("PBS_JOBID", "").split(".", 1)[0]
     if not seq.isdigit():
         raise Refused("pbsdsh: tm_init failed, rc = TM_ESYSTEM (17000)")
-    base = os.environ.get("FAKEPBS_HOME") or f"/tmp/fakepbs-{os.getuid()}"
-    return os.path.join(base, "jobs", seq)
+    return os.path.join(home_folder(), "jobs", seq)
 
 
 def load_table(jdir: str) -> dict:
@@ -134,16 +138,20 @@ def task_id(jdir: str, table: dict, host: int) -> int:
     return (host << shift | counter) & 0xFFFFFFFF
 
 
+def spool_names(join: str) -> tuple[str, str]:
+    """The spools a job's stdout and stderr go to, for the job shell and its tasks alike
+    (start_exec.c open_std_out_err: -j oe both to the output, -j eo both to the error)."""
+    return {"oe": ("spool.o", "spool.o"), "eo": ("spool.e", "spool.e")}.get(join, ("spool.o", "spool.e"))
+
+
 def spool_fds(jdir: str, join: str) -> tuple[int, int]:
-    """The job's stdout and stderr spools, as a task writes them (start_exec.c
-    open_std_out_err: -j oe both to the output, -j eo both to the error)."""
+    """The job's stdout and stderr spools, opened as a task writes them."""
     def spool(name: str) -> int:
         return os.open(os.path.join(jdir, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
-    if join in ("oe", "eo"):
-        both = spool("spool.o" if join == "oe" else "spool.e")
-        return both, both
-    return spool("spool.o"), spool("spool.e")
+    out_name, err_name = spool_names(join)
+    out = spool(out_name)
+    return out, out if err_name == out_name else spool(err_name)
 
 
 def task_signals() -> None:
